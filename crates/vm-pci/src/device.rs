@@ -1,0 +1,304 @@
+//! One PCI function as sysfs describes it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::bar::{parse_resource, Bar, ROM_INDEX};
+use crate::config::{CapabilityList, ConfigSpace};
+use crate::error::{Error, Result};
+use crate::ids::{self, ClassCode, ClassKind};
+use crate::sysfs::{read_attr, read_hex, read_opt, SysfsRoot};
+use crate::Bdf;
+
+/// Everything vm-accel knows about a PCI function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PciDevice {
+    pub bdf: Bdf,
+    pub vendor_id: u16,
+    pub device_id: u16,
+    pub vendor_name: Option<&'static str>,
+    pub device_name: Option<&'static str>,
+    pub subsystem_vendor_id: Option<u16>,
+    pub subsystem_device_id: Option<u16>,
+    pub subsystem_name: Option<&'static str>,
+    pub class: ClassCode,
+    pub class_kind: ClassKind,
+    pub class_name: &'static str,
+    pub revision: Option<u8>,
+    /// Kernel driver bound now (`None`: unbound).
+    pub driver: Option<String>,
+    /// `driver_override` (`None` when unset, which the kernel prints as `(null)`).
+    pub driver_override: Option<String>,
+    pub iommu_group: Option<u32>,
+    /// NUMA node (`None` when the kernel reports -1: no affinity).
+    pub numa_node: Option<u32>,
+    pub local_cpus: Option<String>,
+    pub link: Option<LinkInfo>,
+    /// Reset methods the kernel can use, in its order of preference (`flr`, `pm`, `bus`...).
+    pub reset_methods: Vec<String>,
+    pub boot_vga: bool,
+    pub sriov: Option<SriovInfo>,
+    /// For an SR-IOV VF: its physical function.
+    pub physfn: Option<Bdf>,
+    /// Standard BARs 0-5 (assigned ones only).
+    pub bars: Vec<Bar>,
+    pub rom: Option<Bar>,
+    /// SR-IOV VF BARs of a PF (resource lines 7-12).
+    pub vf_bars: Vec<Bar>,
+    pub power_state: Option<String>,
+    pub irq: Option<u32>,
+    /// Header type (0 endpoint, 1 bridge, 2 CardBus); `None` when config is unreadable.
+    pub header_type: Option<u8>,
+    /// Bytes of config space readable by this process (64 when unprivileged).
+    pub config_len: usize,
+    pub capabilities: CapabilityList,
+    /// The sysfs directory the device was read from (a path under the root).
+    #[serde(skip)]
+    pub sysfs_dir: PathBuf,
+}
+
+/// PCIe link state as sysfs reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkInfo {
+    pub current_speed: Option<String>,
+    pub current_width: Option<u8>,
+    pub max_speed: Option<String>,
+    pub max_width: Option<u8>,
+}
+
+impl LinkInfo {
+    /// The link trained below what both ends can do (a common cause of low bandwidth).
+    pub fn is_degraded(&self) -> bool {
+        let width = matches!((self.current_width, self.max_width), (Some(c), Some(m)) if c < m);
+        let speed = matches!((&self.current_speed, &self.max_speed), (Some(c), Some(m)) if speed_value(c) < speed_value(m));
+        width || speed
+    }
+}
+
+fn speed_value(s: &str) -> f64 {
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SriovInfo {
+    pub total_vfs: u16,
+    pub num_vfs: u16,
+    pub vf_offset: Option<u16>,
+    pub vf_stride: Option<u16>,
+    pub vf_device_id: Option<u16>,
+    /// The VFs that exist now (from the `virtfnN` links).
+    pub vfs: Vec<Bdf>,
+}
+
+impl PciDevice {
+    pub fn is_accelerator(&self) -> bool {
+        self.class.is_accelerator()
+    }
+    pub fn is_bridge(&self) -> bool {
+        self.class.is_bridge() || self.header_type == Some(1)
+    }
+    pub fn largest_bar(&self) -> Option<&Bar> {
+        self.bars.iter().max_by_key(|b| b.size)
+    }
+    /// Whether this device is bound to vfio-pci now.
+    pub fn is_vfio_bound(&self) -> bool {
+        self.driver.as_deref() == Some(crate::VFIO_PCI_DRIVER)
+    }
+    /// The BDFs of the bridges above this device, nearest first, from its sysfs path
+    /// (`.../pci0000:00/0000:00:01.0/0000:01:00.0`).
+    pub fn upstream_path(&self) -> Vec<Bdf> {
+        let mut out: Vec<Bdf> = self
+            .sysfs_dir
+            .ancestors()
+            .skip(1)
+            .filter_map(|p| p.file_name()?.to_str()?.parse().ok())
+            .collect();
+        out.dedup();
+        out
+    }
+}
+
+/// Reads one device below `root`.
+pub fn read_device(root: &SysfsRoot, bdf: Bdf) -> Result<PciDevice> {
+    let dir = root.resolve_device_dir(bdf)?;
+    read_device_dir(root, bdf, &dir)
+}
+
+fn opt_hex<T: TryFrom<u64>>(dir: &Path, name: &str) -> Result<Option<T>> {
+    match read_hex(dir, name) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn opt_dec<T: std::str::FromStr>(dir: &Path, name: &str) -> Option<T> {
+    read_attr(dir, name).and_then(|s| s.parse().ok())
+}
+
+pub(crate) fn read_device_dir(root: &SysfsRoot, bdf: Bdf, dir: &Path) -> Result<PciDevice> {
+    let vendor_id: u16 = read_hex(dir, "vendor")?;
+    let device_id: u16 = read_hex(dir, "device")?;
+    let class_raw: u32 = read_hex(dir, "class")?;
+    let class = ClassCode::new(class_raw).ok_or_else(|| {
+        Error::malformed(
+            dir.join("class"),
+            format!("{class_raw:#x} is wider than 24 bits"),
+        )
+    })?;
+    let subsystem_vendor_id: Option<u16> = opt_hex(dir, "subsystem_vendor")?;
+    let subsystem_device_id: Option<u16> = opt_hex(dir, "subsystem_device")?;
+    let revision: Option<u8> = opt_hex(dir, "revision")?;
+
+    let config = match std::fs::read(dir.join("config")) {
+        Ok(b) => ConfigSpace::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ConfigSpace::new(Vec::new()),
+        Err(e) => return Err(Error::io(dir.join("config"), e)),
+    };
+    if !config.is_empty() {
+        if let (Some(v), Some(d)) = (config.vendor_id(), config.device_id()) {
+            if (v, d) != (vendor_id, device_id) && v != 0xffff {
+                log::warn!("{bdf}: config space ids {v:04x}:{d:04x} differ from sysfs {vendor_id:04x}:{device_id:04x}");
+            }
+        }
+    }
+    let capabilities = config.capabilities();
+
+    let resource_path = dir.join("resource");
+    let all_bars = match read_opt(&resource_path)? {
+        Some(text) => parse_resource(&resource_path, &text)?,
+        None => Vec::new(),
+    };
+    let bars = all_bars
+        .iter()
+        .filter(|b| b.is_standard())
+        .cloned()
+        .collect();
+    let rom = all_bars.iter().find(|b| b.index == ROM_INDEX).cloned();
+    let vf_bars = all_bars
+        .iter()
+        .filter(|b| (7..=12).contains(&b.index))
+        .cloned()
+        .collect();
+
+    let driver = root.link_name(&dir.join("driver"))?;
+    let driver_override = read_attr(dir, "driver_override").filter(|s| s != "(null)");
+    let iommu_group = match root.link_name(&dir.join("iommu_group"))? {
+        Some(name) => Some(name.parse().map_err(|_| {
+            Error::malformed(
+                dir.join("iommu_group"),
+                format!("group name {name:?} is not a number"),
+            )
+        })?),
+        None => None,
+    };
+    let numa_node = opt_dec::<i64>(dir, "numa_node").and_then(|n| u32::try_from(n).ok());
+    let link = read_link_info(dir);
+    let reset_methods = read_attr(dir, "reset_method")
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let sriov = read_sriov(root, dir)?;
+    let physfn = match root.read_link(&dir.join("physfn")) {
+        Ok(p) => p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok()),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e),
+    };
+
+    Ok(PciDevice {
+        bdf,
+        vendor_id,
+        device_id,
+        vendor_name: ids::vendor_name(vendor_id),
+        device_name: ids::device_name(vendor_id, device_id),
+        subsystem_vendor_id,
+        subsystem_device_id,
+        subsystem_name: match (subsystem_vendor_id, subsystem_device_id) {
+            (Some(sv), Some(sd)) => ids::subsystem_name(vendor_id, device_id, sv, sd),
+            _ => None,
+        },
+        class,
+        class_kind: class.kind(),
+        class_name: class.name(),
+        revision,
+        driver,
+        driver_override,
+        iommu_group,
+        numa_node,
+        local_cpus: read_attr(dir, "local_cpulist"),
+        link,
+        reset_methods,
+        boot_vga: read_attr(dir, "boot_vga").as_deref() == Some("1"),
+        sriov,
+        physfn,
+        bars,
+        rom,
+        vf_bars,
+        power_state: read_attr(dir, "power_state"),
+        irq: opt_dec(dir, "irq"),
+        header_type: config.header_type(),
+        config_len: config.len(),
+        capabilities,
+        sysfs_dir: dir.to_path_buf(),
+    })
+}
+
+fn read_link_info(dir: &Path) -> Option<LinkInfo> {
+    let speed = |name| read_attr(dir, name).filter(|s| !s.starts_with("Unknown"));
+    let width = |name| opt_dec::<u8>(dir, name).filter(|w| *w != 0);
+    let link = LinkInfo {
+        current_speed: speed("current_link_speed"),
+        current_width: width("current_link_width"),
+        max_speed: speed("max_link_speed"),
+        max_width: width("max_link_width"),
+    };
+    let any = link.current_speed.is_some()
+        || link.current_width.is_some()
+        || link.max_speed.is_some()
+        || link.max_width.is_some();
+    any.then_some(link)
+}
+
+fn read_sriov(root: &SysfsRoot, dir: &Path) -> Result<Option<SriovInfo>> {
+    let Some(total_vfs) = opt_dec::<u16>(dir, "sriov_totalvfs") else {
+        return Ok(None);
+    };
+    let mut vfs = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut links: Vec<(u32, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("virtfn")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    links.sort();
+    for (_, link) in links {
+        let target = root.read_link(&link)?;
+        if let Some(bdf) = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+        {
+            vfs.push(bdf);
+        }
+    }
+    Ok(Some(SriovInfo {
+        total_vfs,
+        num_vfs: opt_dec(dir, "sriov_numvfs").unwrap_or(0),
+        vf_offset: opt_dec(dir, "sriov_offset"),
+        vf_stride: opt_dec(dir, "sriov_stride"),
+        vf_device_id: opt_hex(dir, "sriov_vf_device")?,
+        vfs,
+    }))
+}

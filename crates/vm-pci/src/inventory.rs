@@ -1,0 +1,168 @@
+//! The whole host: every PCI function, the IOMMU and its groups.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::device::{read_device_dir, PciDevice};
+use crate::error::{Error, Result};
+use crate::iommu::{read_groups, read_iommu_info, IommuGroup, IommuInfo};
+use crate::sysfs::SysfsRoot;
+use crate::Bdf;
+
+/// A snapshot of a host's PCI topology.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    /// Sorted by address.
+    pub devices: Vec<PciDevice>,
+    /// Devices whose sysfs entries could not be read or decoded: listed, not fatal.
+    pub unreadable: Vec<Unreadable>,
+    pub iommu: IommuInfo,
+    pub groups: BTreeMap<u32, IommuGroup>,
+    /// Kernel release (`uname -r`, or the capture's `kernel-release`).
+    pub kernel_release: Option<String>,
+    #[serde(skip)]
+    pub root: SysfsRoot,
+}
+
+/// A device entry that exists but could not be read.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unreadable {
+    pub entry: String,
+    pub error: String,
+}
+
+impl Inventory {
+    /// Reads everything below `root`. Fails only when the device list itself cannot be
+    /// read; a bad device lands in [`Inventory::unreadable`].
+    pub fn scan(root: &SysfsRoot) -> Result<Inventory> {
+        let dir = root.pci_devices_dir();
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        let mut devices = Vec::new();
+        let mut unreadable = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let result = name
+                .parse::<Bdf>()
+                .map_err(|e| e.to_string())
+                .and_then(|bdf| {
+                    let d = root.read_link(&entry.path()).map_err(|e| e.to_string())?;
+                    read_device_dir(root, bdf, &d).map_err(|e| e.to_string())
+                });
+            match result {
+                Ok(d) => devices.push(d),
+                Err(error) => {
+                    log::warn!("skipping {name}: {error}");
+                    unreadable.push(Unreadable { entry: name, error });
+                }
+            }
+        }
+        devices.sort_by_key(|d| d.bdf);
+        let groups = read_groups(root)?;
+        let iommu = read_iommu_info(root, groups.len())?;
+        Ok(Inventory {
+            devices,
+            unreadable,
+            iommu,
+            groups,
+            kernel_release: kernel_release(root),
+            root: root.clone(),
+        })
+    }
+
+    pub fn device(&self, bdf: Bdf) -> Option<&PciDevice> {
+        self.devices
+            .binary_search_by_key(&bdf, |d| d.bdf)
+            .ok()
+            .map(|i| &self.devices[i])
+    }
+
+    /// The device or a [`Error::NoDevice`] naming the root.
+    pub fn require(&self, bdf: Bdf) -> Result<&PciDevice> {
+        self.device(bdf).ok_or_else(|| Error::NoDevice {
+            bdf,
+            root: self.root.path().to_path_buf(),
+        })
+    }
+
+    pub fn group_of(&self, bdf: Bdf) -> Option<&IommuGroup> {
+        self.groups.get(&self.device(bdf)?.iommu_group?)
+    }
+
+    /// Accelerators first (by address), then everything else (by address).
+    pub fn devices_accelerators_first(&self) -> Vec<&PciDevice> {
+        let mut v: Vec<&PciDevice> = self.devices.iter().collect();
+        v.sort_by_key(|d| (!d.is_accelerator(), d.bdf));
+        v
+    }
+
+    /// Whether the group can be handed to VFIO as it is now: every endpoint unbound or on
+    /// vfio-pci (bridges stay on their drivers). The error lists what blocks it.
+    pub fn group_viability(&self, group: &IommuGroup) -> Viability {
+        let blockers: Vec<GroupMember> = group
+            .devices
+            .iter()
+            .filter_map(|b| self.device(*b))
+            .filter(|d| !d.is_bridge())
+            .filter(|d| {
+                !matches!(
+                    d.driver.as_deref(),
+                    None | Some(crate::VFIO_PCI_DRIVER) | Some("pci-stub")
+                )
+            })
+            .map(|d| GroupMember {
+                bdf: d.bdf,
+                driver: d.driver.clone(),
+            })
+            .collect();
+        if blockers.is_empty() {
+            Viability::Viable
+        } else {
+            Viability::NotViable {
+                bound_to_host: blockers,
+            }
+        }
+    }
+
+    /// The other endpoints in `bdf`'s group (what prepare must bind along with it).
+    pub fn group_companions(&self, bdf: Bdf) -> Vec<&PciDevice> {
+        self.group_of(bdf)
+            .map(|g| {
+                g.devices
+                    .iter()
+                    .filter(|b| **b != bdf)
+                    .filter_map(|b| self.device(*b))
+                    .filter(|d| !d.is_bridge())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A device and the driver it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupMember {
+    pub bdf: Bdf,
+    pub driver: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Viability {
+    Viable,
+    NotViable { bound_to_host: Vec<GroupMember> },
+}
+
+fn kernel_release(root: &SysfsRoot) -> Option<String> {
+    let captured = root.path().join("kernel-release");
+    if let Ok(s) = std::fs::read_to_string(&captured) {
+        return Some(s.trim().to_string());
+    }
+    if root.path() == std::path::Path::new("/sys") {
+        return std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|s| s.trim().to_string());
+    }
+    None
+}

@@ -1,0 +1,389 @@
+//! Passthrough readiness: what must hold before a device can be handed to a VM.
+//!
+//! Modelled on libvirt's virt-host-validate ("IOMMU support", "IOMMU enabled by kernel")
+//! and the kernel's VFIO documentation (group viability, interrupt remapping, ACS).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::bar::format_size;
+use crate::config::{AcsCap, CapDetail};
+use crate::device::PciDevice;
+use crate::error::Result;
+use crate::inventory::{Inventory, Viability};
+use crate::iommu::InterruptRemapping;
+use crate::Bdf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Level::Pass => "PASS",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        })
+    }
+}
+
+/// One readiness check and its outcome, with the reason in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Stable identifier (part of the JSON schema).
+    pub id: &'static str,
+    pub level: Level,
+    pub message: String,
+}
+
+impl Check {
+    fn new(id: &'static str, level: Level, message: impl Into<String>) -> Check {
+        Check {
+            id,
+            level,
+            message: message.into(),
+        }
+    }
+}
+
+/// No check failed (warnings allowed).
+pub fn all_pass(checks: &[Check]) -> bool {
+    checks.iter().all(|c| c.level != Level::Fail)
+}
+
+/// A loaded module shows up in /sys/module. The VFIO modules a passthrough host needs.
+const VFIO_MODULES: [&str; 3] = ["vfio", "vfio_iommu_type1", "vfio_pci"];
+
+/// Checks that concern the host as a whole.
+pub fn host_checks(inv: &Inventory) -> Vec<Check> {
+    vec![
+        iommu_check(inv),
+        interrupt_remapping_check(inv),
+        vfio_module_check(inv),
+    ]
+}
+
+fn iommu_check(inv: &Inventory) -> Check {
+    let io = &inv.iommu;
+    if io.enabled() {
+        let units = if io.units.is_empty() {
+            "no units listed".to_string()
+        } else {
+            io.units.join(", ")
+        };
+        return Check::new(
+            "iommu_enabled",
+            Level::Pass,
+            format!("{} IOMMU groups ({units})", io.group_count),
+        );
+    }
+    let mut why = if io.units.is_empty() {
+        "no IOMMU: the kernel registered no IOMMU units (class/iommu is empty) and made no IOMMU groups".to_string()
+    } else {
+        format!(
+            "IOMMU units {:?} exist but the kernel made no IOMMU groups",
+            io.units
+        )
+    };
+    if let Some(off) = io.cmdline_flags.iter().find(|f| f.ends_with("=off")) {
+        why.push_str(&format!("; the kernel command line has {off}"));
+    }
+    why.push_str("; enable VT-d / AMD-Vi in firmware and boot with intel_iommu=on (Intel) or amd_iommu=on (AMD)");
+    Check::new("iommu_enabled", Level::Fail, why)
+}
+
+fn interrupt_remapping_check(inv: &Inventory) -> Check {
+    use InterruptRemapping::*;
+    let id = "interrupt_remapping";
+    match &inv.iommu.interrupt_remapping {
+        Enabled(e) => Check::new(id, Level::Pass, format!("enabled ({e})")),
+        Supported(e) => Check::new(id, Level::Pass, format!("supported by the IOMMU ({e})")),
+        Disabled(e) => Check::new(id, Level::Fail, format!("disabled: {e}; VFIO refuses MSI without it")),
+        Unsupported(e) => Check::new(id, Level::Fail, format!("not supported: {e}; VFIO needs vfio_iommu_type1.allow_unsafe_interrupts=1, which lets a guest forge interrupts")),
+        Unknown(e) if !inv.iommu.enabled() => Check::new(id, Level::Fail, format!("no IOMMU, so no interrupt remapping ({e})")),
+        Unknown(e) => Check::new(id, Level::Warn, format!("could not tell: {e}")),
+    }
+}
+
+fn vfio_module_check(inv: &Inventory) -> Check {
+    let id = "vfio_modules";
+    let module_dir = inv.root.module_dir();
+    let missing: Vec<&str> = VFIO_MODULES
+        .iter()
+        .copied()
+        .filter(|m| !module_dir.join(m).exists())
+        .collect();
+    if missing.is_empty() {
+        return Check::new(
+            id,
+            Level::Pass,
+            "vfio, vfio_iommu_type1 and vfio_pci are loaded",
+        );
+    }
+    if !module_dir.exists() {
+        return Check::new(
+            id,
+            Level::Warn,
+            format!(
+                "cannot tell: {} does not exist (a capture without module state?)",
+                module_dir.display()
+            ),
+        );
+    }
+    match inv.kernel_release.as_deref().filter(|_| inv.root.path() == Path::new("/sys")) {
+        Some(rel) if module_available(rel, "vfio-pci") => Check::new(
+            id,
+            Level::Warn,
+            format!("{} not loaded but installed for {rel}: `modprobe vfio-pci` (vm-accel bind loads it)", missing.join(", ")),
+        ),
+        Some(rel) => Check::new(id, Level::Fail, format!("vfio-pci is neither loaded nor installed for kernel {rel}")),
+        None => Check::new(id, Level::Warn, format!("{} not loaded (module files not checked for this root)", missing.join(", "))),
+    }
+}
+
+/// Whether `/lib/modules/<release>` has the module (as a file or built in).
+fn module_available(release: &str, module: &str) -> bool {
+    let base = Path::new("/lib/modules").join(release);
+    let underscored = module.replace('-', "_");
+    ["modules.dep", "modules.builtin"].iter().any(|f| {
+        std::fs::read_to_string(base.join(f)).is_ok_and(|t| {
+            t.lines().any(|l| {
+                let path = l.split(':').next().unwrap_or("");
+                let file = path.rsplit('/').next().unwrap_or("");
+                let stem = file.split('.').next().unwrap_or("");
+                stem == module || stem == underscored
+            })
+        })
+    })
+}
+
+/// Checks for one device. `Err` only when the device is not in the inventory.
+pub fn device_checks(inv: &Inventory, bdf: Bdf) -> Result<Vec<Check>> {
+    let dev = inv.require(bdf)?;
+    let mut checks = Vec::new();
+    if dev.is_bridge() {
+        checks.push(Check::new(
+            "endpoint",
+            Level::Fail,
+            format!(
+                "{} is a bridge ({}); bridges are not passed through",
+                bdf, dev.class_name
+            ),
+        ));
+    }
+    checks.extend(group_checks(inv, dev));
+    checks.push(driver_check(dev));
+    checks.push(boot_vga_check(inv, dev));
+    checks.push(reset_check(dev));
+    checks.push(acs_check(inv, dev));
+    if let Some(link) = &dev.link {
+        if link.is_degraded() {
+            checks.push(Check::new(
+                "link",
+                Level::Warn,
+                format!(
+                    "link trained at {} x{} below its max {} x{}",
+                    link.current_speed.as_deref().unwrap_or("?"),
+                    link.current_width.unwrap_or(0),
+                    link.max_speed.as_deref().unwrap_or("?"),
+                    link.max_width.unwrap_or(0)
+                ),
+            ));
+        }
+    }
+    if let Some(bar) = dev.largest_bar().filter(|b| b.size >= 64 << 30) {
+        checks.push(Check::new(
+            "large_bar",
+            Level::Warn,
+            format!("BAR{} is {}: the VMM must place it in a 64-bit MMIO window at least that large, and mapping it is slow without huge-page alignment", bar.index, format_size(bar.size)),
+        ));
+    }
+    Ok(checks)
+}
+
+fn group_checks(inv: &Inventory, dev: &PciDevice) -> Vec<Check> {
+    let Some(gid) = dev.iommu_group else {
+        return vec![Check::new(
+            "iommu_group",
+            Level::Fail,
+            format!(
+                "{} is in no IOMMU group: without an IOMMU it cannot be isolated from the host",
+                dev.bdf
+            ),
+        )];
+    };
+    let Some(group) = inv.groups.get(&gid) else {
+        return vec![Check::new(
+            "iommu_group",
+            Level::Fail,
+            format!(
+                "{} names group {gid}, which kernel/iommu_groups lacks",
+                dev.bdf
+            ),
+        )];
+    };
+    let mut v = vec![Check::new(
+        "iommu_group",
+        Level::Pass,
+        format!(
+            "group {gid} ({} device{})",
+            group.devices.len(),
+            if group.devices.len() == 1 { "" } else { "s" }
+        ),
+    )];
+    v.push(match inv.group_viability(group) {
+        Viability::Viable => Check::new("group_viable", Level::Pass, format!("every endpoint of group {gid} is on vfio-pci or unbound")),
+        Viability::NotViable { bound_to_host } => {
+            let list: Vec<String> = bound_to_host.iter().map(|m| format!("{} ({})", m.bdf, m.driver.as_deref().unwrap_or("-"))).collect();
+            Check::new("group_viable", Level::Warn, format!("group {gid} is not viable yet: {} on host drivers; `vm-accel bind {}` moves the whole group to vfio-pci", list.join(", "), dev.bdf))
+        }
+    });
+    v
+}
+
+fn driver_check(dev: &PciDevice) -> Check {
+    match dev.driver.as_deref() {
+        Some(crate::VFIO_PCI_DRIVER) => Check::new("driver", Level::Pass, "bound to vfio-pci"),
+        None => Check::new("driver", Level::Pass, "no driver bound"),
+        Some(d) => Check::new(
+            "driver",
+            Level::Warn,
+            format!("bound to host driver {d}; `vm-accel bind` moves it to vfio-pci"),
+        ),
+    }
+}
+
+fn boot_vga_check(inv: &Inventory, dev: &PciDevice) -> Check {
+    if dev.boot_vga {
+        return Check::new(
+            "boot_vga",
+            Level::Fail,
+            format!(
+                "{} is the boot VGA device: the host console uses it",
+                dev.bdf
+            ),
+        );
+    }
+    if let Some(c) = inv
+        .group_companions(dev.bdf)
+        .into_iter()
+        .find(|c| c.boot_vga)
+    {
+        return Check::new(
+            "boot_vga",
+            Level::Fail,
+            format!(
+                "{} shares its IOMMU group with the boot VGA device {}",
+                dev.bdf, c.bdf
+            ),
+        );
+    }
+    Check::new("boot_vga", Level::Pass, "not the boot VGA device")
+}
+
+fn reset_check(dev: &PciDevice) -> Check {
+    let id = "reset";
+    if !dev.reset_methods.is_empty() {
+        let m = dev.reset_methods.join(" ");
+        if dev.reset_methods.iter().all(|r| r == "bus") {
+            return Check::new(id, Level::Warn, format!("only a secondary bus reset ({m}): it resets every function behind the same bridge"));
+        }
+        return Check::new(id, Level::Pass, format!("reset methods: {m}"));
+    }
+    // Kernels before 5.15 (and captures) have no reset_method: judge from capabilities.
+    let caps = &dev.capabilities;
+    if caps.pcie().is_some_and(|p| p.flr) {
+        return Check::new(
+            id,
+            Level::Pass,
+            "function level reset (from the PCIe capability)",
+        );
+    }
+    let pm_reset = caps
+        .standard
+        .iter()
+        .any(|c| matches!(&c.detail, CapDetail::PowerManagement(pm) if !pm.no_soft_reset));
+    if pm_reset {
+        return Check::new(
+            id,
+            Level::Pass,
+            "power-management (D3hot) reset (from the PM capability)",
+        );
+    }
+    if dev.config_len < crate::config::LEGACY_LEN {
+        return Check::new(
+            id,
+            Level::Warn,
+            "unknown: no reset_method attribute and the config space is not readable (run as root)",
+        );
+    }
+    Check::new(
+        id,
+        Level::Fail,
+        "no reset method: the device cannot be reset between tenants",
+    )
+}
+
+fn acs_check(inv: &Inventory, dev: &PciDevice) -> Check {
+    let id = "acs";
+    let path = dev.upstream_path();
+    let ports: Vec<&PciDevice> = path
+        .iter()
+        .filter_map(|b| inv.device(*b))
+        .filter(|p| {
+            p.capabilities
+                .pcie()
+                .is_some_and(|c| c.port_type.is_downstream_port())
+                || p.config_len < crate::config::LEGACY_LEN
+        })
+        .collect();
+    if ports.is_empty() {
+        return Check::new(
+            id,
+            Level::Pass,
+            "on a root bus: no PCIe ports upstream to leak peer-to-peer traffic",
+        );
+    }
+    let mut problems = Vec::new();
+    for p in &ports {
+        if p.config_len < crate::config::LEGACY_LEN {
+            problems.push(format!("{}: config space unreadable (run as root)", p.bdf));
+            continue;
+        }
+        match p.capabilities.acs() {
+            None => problems.push(format!("{}: no ACS capability", p.bdf)),
+            Some(acs) if acs.missing_isolation() != 0 => problems.push(format!(
+                "{}: ACS {} not enabled",
+                p.bdf,
+                AcsCap::control_names(acs.missing_isolation()).join("/")
+            )),
+            Some(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        let names: Vec<String> = ports.iter().map(|p| p.bdf.to_string()).collect();
+        Check::new(
+            id,
+            Level::Pass,
+            format!(
+                "ACS isolation enabled on upstream ports {}",
+                names.join(", ")
+            ),
+        )
+    } else {
+        Check::new(
+            id,
+            Level::Warn,
+            format!(
+                "peer-to-peer isolation not assured upstream: {}",
+                problems.join("; ")
+            ),
+        )
+    }
+}
