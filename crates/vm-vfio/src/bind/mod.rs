@@ -1,0 +1,601 @@
+//! Handing a device (and the rest of its IOMMU group) to vfio-pci, and giving it back.
+//!
+//! The kernel's documented sequence, per endpoint of the group (bridges stay with their
+//! drivers): save the driver and driver_override, write `driver_override = vfio-pci`, unbind
+//! from the current driver, write the BDF to `drivers_probe`, then read back until vfio-pci
+//! owns it. Every write goes through a [`Kernel`]; every outcome is verified by reading sysfs.
+//! Any failure rolls back everything done so far, in reverse, so each device ends on exactly
+//! the driver and driver_override it had. A write-ahead [`record`] lets `restore` finish the
+//! job after a crash, and a host-wide lock keeps two processes from interleaving.
+
+pub mod kernel;
+pub mod record;
+pub mod sim;
+pub mod state;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vm_pci::Bdf;
+
+pub use kernel::{Kernel, KernelOp, SysfsKernel};
+pub use record::{BindingRecord, DeviceRecord, LockGuard, Phase, Record, RecordError, RecordStore};
+pub use state::{DriverState, Paths, VFIO_PCI};
+
+/// One failed step, naming the device, the operation and the OS error.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{bdf}: `{op}` failed: {source}")]
+    Op {
+        bdf: Bdf,
+        op: KernelOp,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{bdf}: cannot read its driver state: {source}")]
+    Read {
+        bdf: Bdf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the vfio-pci driver is not available: {reason}")]
+    Module { reason: String },
+    #[error("{bdf}: expected driver {want} within {timeout:?}, found {found}")]
+    Verify {
+        bdf: Bdf,
+        want: String,
+        found: DriverState,
+        timeout: Duration,
+    },
+    #[error("{bdf}: its original driver {driver} is no longer registered (module unloaded?); load it and run `vm-accel restore`")]
+    DriverGone { bdf: Bdf, driver: String },
+}
+
+impl StepError {
+    /// The device the step was about, when it was about one.
+    pub fn bdf(&self) -> Option<Bdf> {
+        match self {
+            StepError::Op { bdf, .. }
+            | StepError::Read { bdf, .. }
+            | StepError::Verify { bdf, .. }
+            | StepError::DriverGone { bdf, .. } => Some(*bdf),
+            StepError::Module { .. } => None,
+        }
+    }
+}
+
+fn list(errs: &[StepError]) -> String {
+    errs.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Errors of the binding lifecycle.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("refusing to bind {bdf} to vfio-pci: {}", reasons.join("; "))]
+    Refused { bdf: Bdf, reasons: Vec<String> },
+    #[error("{bdf}: cannot read sysfs: {source}")]
+    Read {
+        bdf: Bdf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("binding {bdf} failed: {cause}; {}", if rollback_failures.is_empty() {
+        "rolled back: every device is on its original driver".to_string()
+    } else {
+        format!("ROLLBACK INCOMPLETE ({}); the record is kept for `vm-accel restore`", list(rollback_failures))
+    })]
+    Failed {
+        bdf: Bdf,
+        #[source]
+        cause: Box<StepError>,
+        rollback_failures: Vec<StepError>,
+    },
+    #[error("{bdf} was not bound by vm-accel (no record under {dir}); it has {state}")]
+    NotRecorded {
+        bdf: Bdf,
+        dir: PathBuf,
+        state: DriverState,
+    },
+    #[error("an earlier vm-accel operation on {bdf} did not finish ({phase:?}); run `vm-accel restore` first")]
+    Interrupted { bdf: Bdf, phase: Phase },
+    #[error("returning {bdf} to its original drivers failed: {}; the record is kept for `vm-accel restore`", list(failures))]
+    ReleaseFailed { bdf: Bdf, failures: Vec<StepError> },
+}
+
+/// What `prepare` will do with one device of the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Move to vfio-pci.
+    Bind,
+    /// Already on vfio-pci: left as it is, and not recorded (vm-accel did not change it).
+    AlreadyVfio,
+    /// A bridge: stays with its driver.
+    Bridge,
+}
+
+/// One device of the group in a [`BindPlan`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedDevice {
+    pub bdf: Bdf,
+    pub original: DriverState,
+    pub action: Action,
+    /// The writes, in order (empty unless `action` is `Bind`).
+    pub ops: Vec<KernelOp>,
+}
+
+/// Everything `prepare` would do, computed from the current sysfs state without changing it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BindPlan {
+    pub target: Bdf,
+    pub iommu_group: Option<u32>,
+    /// Why binding is refused; empty when it may go ahead.
+    pub refusals: Vec<String>,
+    /// `modprobe vfio-pci` is needed first.
+    pub load_module: bool,
+    pub devices: Vec<PlannedDevice>,
+}
+
+impl BindPlan {
+    /// Every kernel operation, in execution order (what `--dry-run` prints).
+    pub fn ops(&self) -> Vec<KernelOp> {
+        let mut ops = Vec::new();
+        if self.load_module {
+            ops.push(KernelOp::LoadModule {
+                module: VFIO_PCI.to_string(),
+            });
+        }
+        for d in &self.devices {
+            ops.extend(d.ops.iter().cloned());
+        }
+        ops
+    }
+}
+
+/// A device's state before and after an operation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceOutcome {
+    pub bdf: Bdf,
+    pub before: DriverState,
+    pub after: DriverState,
+}
+
+/// What `prepare`/`release` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub target: Bdf,
+    pub iommu_group: Option<u32>,
+    /// False when there was nothing to do (already bound, or bound by someone else).
+    pub changed: bool,
+    pub devices: Vec<DeviceOutcome>,
+    pub note: Option<String>,
+}
+
+/// Extra readiness checks run by `plan` (the host/device checks of vm-pci, say). Each
+/// returned string is a reason to refuse.
+pub type ReadinessHook = Box<dyn Fn(&Paths, Bdf) -> Vec<String>>;
+
+/// Runs the binding lifecycle against a [`Kernel`].
+pub struct Binder<K: Kernel> {
+    paths: Paths,
+    kernel: K,
+    store: RecordStore,
+    probe_timeout: Duration,
+    readiness: Option<ReadinessHook>,
+}
+
+impl<K: Kernel> std::fmt::Debug for Binder<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binder")
+            .field("paths", &self.paths)
+            .field("store", &self.store)
+            .field("probe_timeout", &self.probe_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Kernel> Binder<K> {
+    pub fn new(paths: Paths, kernel: K, store: RecordStore) -> Binder<K> {
+        Binder {
+            paths,
+            kernel,
+            store,
+            probe_timeout: Duration::from_secs(5),
+            readiness: None,
+        }
+    }
+    /// How long to wait for a driver to take a device after a probe/bind (default 5 s).
+    pub fn with_probe_timeout(mut self, t: Duration) -> Self {
+        self.probe_timeout = t;
+        self
+    }
+    /// Adds readiness checks to [`Binder::plan`].
+    pub fn with_readiness(mut self, hook: ReadinessHook) -> Self {
+        self.readiness = Some(hook);
+        self
+    }
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+    pub fn store(&self) -> &RecordStore {
+        &self.store
+    }
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    fn read(&self, bdf: Bdf) -> Result<DriverState, StepError> {
+        self.paths
+            .driver_state(bdf)
+            .map_err(|source| StepError::Read { bdf, source })
+    }
+
+    /// Computes what `prepare(bdf)` would do. Reads only.
+    pub fn plan(&self, bdf: Bdf) -> Result<BindPlan, BindError> {
+        let read_err = |source| BindError::Read { bdf, source };
+        // Existence first, so a typo reads as "no such device", not as a readiness failure.
+        self.paths.device_dir(bdf).map_err(read_err)?;
+        let mut refusals = Vec::new();
+        let group = self.paths.iommu_group(bdf).map_err(read_err)?;
+        let (iommu_group, members) = match group {
+            Some((id, members)) => (Some(id), members),
+            None => {
+                refusals.push(format!(
+                    "{bdf} has no IOMMU group: the IOMMU is off or absent (enable VT-d/AMD-Vi in firmware and boot with intel_iommu=on or amd_iommu=on)"
+                ));
+                (None, vec![bdf])
+            }
+        };
+        if let Some(hook) = &self.readiness {
+            refusals.extend(hook(&self.paths, bdf));
+        }
+        let mut devices = Vec::new();
+        for m in members {
+            let original = self
+                .paths
+                .driver_state(m)
+                .map_err(|source| BindError::Read { bdf: m, source })?;
+            let class = self
+                .paths
+                .class(m)
+                .map_err(|source| BindError::Read { bdf: m, source })?;
+            let action = if state::is_bridge_class(class) {
+                Action::Bridge
+            } else if original.driver.as_deref() == Some(VFIO_PCI) {
+                Action::AlreadyVfio
+            } else {
+                Action::Bind
+            };
+            if m == bdf && action == Action::Bridge {
+                refusals.push(format!(
+                    "{bdf} is a bridge (class {class:#08x}); only endpoints are passed through"
+                ));
+            }
+            let ops = if action == Action::Bind {
+                self.bind_ops(m, &original)
+            } else {
+                Vec::new()
+            };
+            devices.push(PlannedDevice {
+                bdf: m,
+                original,
+                action,
+                ops,
+            });
+        }
+        // The requested device first: it is the one the user cares about, and failing early
+        // on it leaves the least to roll back.
+        devices.sort_by_key(|d| d.bdf != bdf);
+        let load_module = !self.paths.driver_loaded(VFIO_PCI);
+        Ok(BindPlan {
+            target: bdf,
+            iommu_group,
+            refusals,
+            load_module,
+            devices,
+        })
+    }
+
+    fn bind_ops(&self, bdf: Bdf, st: &DriverState) -> Vec<KernelOp> {
+        let mut ops = Vec::new();
+        if st.driver_override.as_deref() != Some(VFIO_PCI) {
+            ops.push(KernelOp::write(self.paths.driver_override(bdf), VFIO_PCI));
+        }
+        if let Some(d) = &st.driver {
+            ops.push(KernelOp::write(self.paths.unbind(d), bdf.to_string()));
+        }
+        ops.push(KernelOp::write(self.paths.drivers_probe(), bdf.to_string()));
+        ops
+    }
+
+    fn apply(&mut self, bdf: Bdf, op: &KernelOp) -> Result<(), StepError> {
+        log::info!("{op}");
+        self.kernel.apply(op).map_err(|source| StepError::Op {
+            bdf,
+            op: op.clone(),
+            source,
+        })
+    }
+
+    /// Polls until `bdf` is bound to `want` (probing can be asynchronous).
+    fn wait_for_driver(&self, bdf: Bdf, want: &str) -> Result<(), StepError> {
+        let start = Instant::now();
+        loop {
+            let st = self.read(bdf)?;
+            if st.driver.as_deref() == Some(want) {
+                return Ok(());
+            }
+            if start.elapsed() >= self.probe_timeout {
+                return Err(StepError::Verify {
+                    bdf,
+                    want: want.to_string(),
+                    found: st,
+                    timeout: self.probe_timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn execute(&mut self, plan: &BindPlan) -> Result<(), StepError> {
+        if plan.load_module {
+            let op = KernelOp::LoadModule {
+                module: VFIO_PCI.to_string(),
+            };
+            log::info!("{op}");
+            self.kernel.apply(&op).map_err(|e| StepError::Module {
+                reason: format!("`{op}` failed: {e}"),
+            })?;
+            if !self.paths.driver_loaded(VFIO_PCI) {
+                return Err(StepError::Module {
+                    reason: format!(
+                        "`{op}` succeeded but {} does not exist (kernel built without CONFIG_VFIO_PCI?)",
+                        self.paths.driver_dir(VFIO_PCI).display()
+                    ),
+                });
+            }
+        }
+        for d in plan.devices.iter().filter(|d| d.action == Action::Bind) {
+            for op in &d.ops {
+                self.apply(d.bdf, op)?;
+            }
+            self.wait_for_driver(d.bdf, VFIO_PCI)?;
+        }
+        Ok(())
+    }
+
+    /// Puts one device back on `original` (driver and driver_override), from whatever state
+    /// it is in now. Idempotent: a device already there gets no writes.
+    fn restore_device(&mut self, bdf: Bdf, original: &DriverState) -> Result<(), StepError> {
+        let cur = self.read(bdf)?;
+        if cur.driver_override != original.driver_override {
+            let v = original.driver_override.clone().unwrap_or_default();
+            // An empty write clears the override (the kernel's `echo > driver_override`).
+            self.apply(bdf, &KernelOp::write(self.paths.driver_override(bdf), v))?;
+        }
+        if let Some(d) = &cur.driver {
+            if Some(d) != original.driver.as_ref() {
+                self.apply(bdf, &KernelOp::write(self.paths.unbind(d), bdf.to_string()))?;
+            }
+        }
+        if let Some(o) = &original.driver {
+            if self.read(bdf)?.driver.as_ref() != Some(o) {
+                if !self.paths.driver_loaded(o) {
+                    return Err(StepError::DriverGone {
+                        bdf,
+                        driver: o.clone(),
+                    });
+                }
+                // An explicit bind, not drivers_probe: the device must end on exactly the
+                // driver it had, even if another one would match it first.
+                self.apply(bdf, &KernelOp::write(self.paths.bind(o), bdf.to_string()))?;
+                self.wait_for_driver(bdf, o)?;
+            }
+        }
+        let end = self.read(bdf)?;
+        if &end != original {
+            return Err(StepError::Verify {
+                bdf,
+                want: original.to_string(),
+                found: end,
+                timeout: Duration::ZERO,
+            });
+        }
+        Ok(())
+    }
+
+    /// Restores devices in reverse order; returns the failures (every device is attempted).
+    fn restore_all(&mut self, devices: &[DeviceRecord]) -> Vec<StepError> {
+        let mut failures = Vec::new();
+        for d in devices.iter().rev() {
+            if let Err(e) = self.restore_device(d.bdf, &d.original) {
+                log::error!("restoring {}: {e}", d.bdf);
+                failures.push(e);
+            }
+        }
+        failures
+    }
+
+    fn outcome(
+        &self,
+        target: Bdf,
+        group: Option<u32>,
+        devices: &[DeviceRecord],
+    ) -> Vec<DeviceOutcome> {
+        let _ = (target, group);
+        devices
+            .iter()
+            .map(|d| DeviceOutcome {
+                bdf: d.bdf,
+                before: d.original.clone(),
+                after: self.paths.driver_state(d.bdf).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Binds `bdf` and the other endpoints of its IOMMU group to vfio-pci.
+    pub fn prepare(&mut self, bdf: Bdf) -> Result<Outcome, BindError> {
+        let lock = self.store.lock()?;
+        let mut rec = self.store.load(&lock)?;
+        if let Some(b) = rec.find(bdf) {
+            if b.phase != Phase::Bound {
+                return Err(BindError::Interrupted {
+                    bdf,
+                    phase: b.phase,
+                });
+            }
+            let b = b.clone();
+            return Ok(Outcome {
+                target: bdf,
+                iommu_group: b.iommu_group,
+                changed: false,
+                devices: self.outcome(b.target, b.iommu_group, &b.devices),
+                note: Some(format!(
+                    "already bound to vfio-pci by vm-accel (for {})",
+                    b.target
+                )),
+            });
+        }
+        let plan = self.plan(bdf)?;
+        if !plan.refusals.is_empty() {
+            return Err(BindError::Refused {
+                bdf,
+                reasons: plan.refusals,
+            });
+        }
+        let devices: Vec<DeviceRecord> = plan
+            .devices
+            .iter()
+            .filter(|d| d.action == Action::Bind)
+            .map(|d| DeviceRecord {
+                bdf: d.bdf,
+                original: d.original.clone(),
+            })
+            .collect();
+        if devices.is_empty() {
+            return Ok(Outcome {
+                target: bdf,
+                iommu_group: plan.iommu_group,
+                changed: false,
+                devices: Vec::new(),
+                note: Some(
+                    "every endpoint of the group is already on vfio-pci (not bound by vm-accel, so `unbind` will not change it)"
+                        .into(),
+                ),
+            });
+        }
+        rec.bindings.push(BindingRecord {
+            target: bdf,
+            iommu_group: plan.iommu_group,
+            phase: Phase::Binding,
+            devices: devices.clone(),
+            pid: std::process::id(),
+            created: record::now(),
+        });
+        self.store.save(&lock, &rec)?;
+        match self.execute(&plan) {
+            Ok(()) => {
+                if let Some(b) = rec.bindings.iter_mut().find(|b| b.target == bdf) {
+                    b.phase = Phase::Bound;
+                }
+                self.store.save(&lock, &rec)?;
+                Ok(Outcome {
+                    target: bdf,
+                    iommu_group: plan.iommu_group,
+                    changed: true,
+                    devices: self.outcome(bdf, plan.iommu_group, &devices),
+                    note: None,
+                })
+            }
+            Err(cause) => {
+                log::warn!("binding {bdf} failed ({cause}); rolling back");
+                let rollback_failures = self.restore_all(&devices);
+                if rollback_failures.is_empty() {
+                    rec.bindings.retain(|b| b.target != bdf);
+                }
+                // Keep the record when the rollback is incomplete: `restore` retries it.
+                self.store.save(&lock, &rec)?;
+                Err(BindError::Failed {
+                    bdf,
+                    cause: Box::new(cause),
+                    rollback_failures,
+                })
+            }
+        }
+    }
+
+    /// Returns the binding that contains `bdf` (the whole group bound with it) to the
+    /// original drivers.
+    pub fn release(&mut self, bdf: Bdf) -> Result<Outcome, BindError> {
+        let lock = self.store.lock()?;
+        let mut rec = self.store.load(&lock)?;
+        let Some(idx) = rec.bindings.iter().position(|b| b.contains(bdf)) else {
+            let state = self
+                .paths
+                .driver_state(bdf)
+                .map_err(|source| BindError::Read { bdf, source })?;
+            return Err(BindError::NotRecorded {
+                bdf,
+                dir: self.store.dir().to_path_buf(),
+                state,
+            });
+        };
+        self.release_at(&lock, &mut rec, idx)
+    }
+
+    fn release_at(
+        &mut self,
+        lock: &LockGuard,
+        rec: &mut Record,
+        idx: usize,
+    ) -> Result<Outcome, BindError> {
+        rec.bindings[idx].phase = Phase::Releasing;
+        self.store.save(lock, rec)?;
+        let b = rec.bindings[idx].clone();
+        let failures = self.restore_all(&b.devices);
+        if !failures.is_empty() {
+            return Err(BindError::ReleaseFailed {
+                bdf: b.target,
+                failures,
+            });
+        }
+        rec.bindings.remove(idx);
+        self.store.save(lock, rec)?;
+        Ok(Outcome {
+            target: b.target,
+            iommu_group: b.iommu_group,
+            changed: true,
+            devices: self.outcome(b.target, b.iommu_group, &b.devices),
+            note: None,
+        })
+    }
+
+    /// Restores every recorded binding, newest first (after a crash, or to clean a host).
+    /// Returns one result per binding; bindings that fail stay recorded.
+    pub fn restore(&mut self) -> Result<Vec<Result<Outcome, BindError>>, BindError> {
+        let lock = self.store.lock()?;
+        let mut rec = self.store.load(&lock)?;
+        let mut results = Vec::new();
+        let mut idx = rec.bindings.len();
+        while idx > 0 {
+            idx -= 1;
+            results.push(self.release_at(&lock, &mut rec, idx));
+        }
+        Ok(results)
+    }
+
+    /// The current record (for `vm-accel restore --dry-run`-style listings).
+    pub fn record(&self) -> Result<Record, BindError> {
+        let lock = self.store.lock()?;
+        Ok(self.store.load(&lock)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;
