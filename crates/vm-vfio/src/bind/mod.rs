@@ -177,9 +177,31 @@ pub struct Outcome {
     pub note: Option<String>,
 }
 
-/// Extra readiness checks run by `plan` (the host/device checks of vm-pci, say). Each
-/// returned string is a reason to refuse.
+/// Readiness checks run by `plan` besides the binder's own (device exists, has an IOMMU
+/// group, is not a bridge). Each returned string is a reason to refuse.
 pub type ReadinessHook = Box<dyn Fn(&Paths, Bdf) -> Vec<String>>;
+
+/// vm-pci's host and device readiness checks: every `Fail` is a refusal (warnings, such as
+/// "group not viable yet" or "bound to a host driver", are what binding fixes). The group
+/// and bridge checks are left to the binder, which makes them itself.
+pub fn vm_pci_readiness(paths: &Paths, bdf: Bdf) -> Vec<String> {
+    use vm_pci::{readiness, Inventory, Level, SysfsRoot};
+    let root = SysfsRoot::new(paths.root());
+    let inv = match Inventory::scan(&root) {
+        Ok(inv) => inv,
+        Err(e) => return vec![format!("cannot read the PCI inventory: {e}")],
+    };
+    let mut checks = readiness::host_checks(&inv);
+    match readiness::device_checks(&inv, bdf) {
+        Ok(c) => checks.extend(c),
+        Err(e) => return vec![format!("{bdf}: {e}")],
+    }
+    checks
+        .into_iter()
+        .filter(|c| c.level == Level::Fail && !matches!(c.id, "iommu_group" | "endpoint"))
+        .map(|c| format!("{}: {}", c.id, c.message))
+        .collect()
+}
 
 /// Runs the binding lifecycle against a [`Kernel`].
 pub struct Binder<K: Kernel> {
@@ -201,13 +223,14 @@ impl<K: Kernel> std::fmt::Debug for Binder<K> {
 }
 
 impl<K: Kernel> Binder<K> {
+    /// A binder that refuses what [`vm_pci_readiness`] fails.
     pub fn new(paths: Paths, kernel: K, store: RecordStore) -> Binder<K> {
         Binder {
             paths,
             kernel,
             store,
             probe_timeout: Duration::from_secs(5),
-            readiness: None,
+            readiness: Some(Box::new(vm_pci_readiness)),
         }
     }
     /// How long to wait for a driver to take a device after a probe/bind (default 5 s).
@@ -215,9 +238,9 @@ impl<K: Kernel> Binder<K> {
         self.probe_timeout = t;
         self
     }
-    /// Adds readiness checks to [`Binder::plan`].
-    pub fn with_readiness(mut self, hook: ReadinessHook) -> Self {
-        self.readiness = Some(hook);
+    /// Replaces the readiness checks of [`Binder::plan`] (`None`: only the binder's own).
+    pub fn with_readiness(mut self, hook: Option<ReadinessHook>) -> Self {
+        self.readiness = hook;
         self
     }
     pub fn paths(&self) -> &Paths {

@@ -119,7 +119,9 @@ impl SimHost {
             root.join("cmdline"),
             "console=ttyS0 intel_iommu=on iommu=pt\n",
         )?;
-        std::fs::create_dir_all(root.join("class/iommu/dmar0"))?;
+        // A VT-d unit whose extended capabilities include interrupt remapping (bit 3).
+        std::fs::create_dir_all(root.join("class/iommu/dmar0/intel-iommu"))?;
+        std::fs::write(root.join("class/iommu/dmar0/intel-iommu/ecap"), "f0205e\n")?;
         for m in ["vfio", "vfio_iommu_type1"] {
             std::fs::create_dir_all(root.join("module").join(m))?;
         }

@@ -170,18 +170,35 @@ fn refuses_without_iommu_group_and_for_bridges_and_writes_nothing() {
 }
 
 #[test]
-fn readiness_hook_refuses() {
+fn readiness_checks_of_vm_pci_refuse() {
     let mut h = host(gpu_host());
-    let paths = h.binder.paths().clone();
-    let store = h.binder.store().clone();
-    let kernel = std::mem::replace(
-        h.binder.kernel_mut(),
-        SimHost::new().build(h._dir.path()).unwrap(),
+    // vm-pci's checks run by default: a group mate of the boot VGA device is refused.
+    let vga = h.binder.paths().device_dir(bdf("0000:41:00.1")).unwrap();
+    std::fs::write(vga.join("boot_vga"), "1\n").unwrap();
+    let e = h.binder.prepare(bdf("0000:41:00.0")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("boot_vga: 0000:41:00.0 shares its IOMMU group"),
+        "{e}"
     );
-    let mut b = Binder::new(paths, kernel, store)
-        .with_readiness(Box::new(|_, b| vec![format!("{b} is the boot VGA device")]));
+    // Interrupt remapping off on the command line is refused too.
+    std::fs::write(vga.join("boot_vga"), "0\n").unwrap();
+    let cmdline = h.binder.paths().root().join("cmdline");
+    std::fs::write(cmdline, "intel_iommu=on intremap=off\n").unwrap();
+    let e = h.binder.prepare(bdf("0000:41:00.0")).unwrap_err();
+    assert!(
+        e.to_string().contains("interrupt_remapping: disabled"),
+        "{e}"
+    );
+    assert_eq!(h.binder.kernel_mut().steps(), 0);
+}
+
+#[test]
+fn readiness_hook_can_be_replaced() {
+    let Host { _dir, binder, .. } = host(gpu_host());
+    let mut b = binder.with_readiness(Some(Box::new(|_, b| vec![format!("{b}: custom")])));
     let e = b.prepare(bdf("0000:41:00.0")).unwrap_err();
-    assert!(e.to_string().contains("boot VGA"), "{e}");
+    assert!(e.to_string().contains("0000:41:00.0: custom"), "{e}");
     assert_eq!(b.kernel_mut().steps(), 0);
 }
 
