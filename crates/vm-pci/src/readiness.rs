@@ -130,10 +130,7 @@ fn vfio_module_check(inv: &Inventory) -> Check {
         return Check::new(
             id,
             Level::Warn,
-            format!(
-                "cannot tell: {} does not exist (a capture without module state?)",
-                module_dir.display()
-            ),
+            "cannot tell: this sysfs root has no module/ directory (a capture without module state?)",
         );
     }
     match inv.kernel_release.as_deref().filter(|_| inv.root.path() == Path::new("/sys")) {

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bind;
 mod cuda;
 mod pci;
+mod table;
 
 /// Options every command takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +57,12 @@ enum Command {
     Unbind(bind::UnbindArgs),
     /// Restore every device recorded as changed by vm-accel (after a crash, say).
     Restore(bind::RestoreArgs),
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 /// What a command wants the process to exit with; errors are reported by [`main`].

@@ -1,26 +1,495 @@
-//! `vm-accel list|show|check`.
+//! `vm-accel list|show|check`: discovery and readiness, as tables or JSON.
 
-use super::{CmdResult, Global};
+use std::process::ExitCode;
+
+use serde::Serialize;
+use vm_pci::bar::format_size;
+use vm_pci::config::{CapDetail, ExtDetail};
+use vm_pci::readiness::{all_pass, device_checks, host_checks};
+use vm_pci::{Bdf, Check, Inventory, PciDevice, SysfsRoot, Viability};
+
+use super::{print_json, table, CmdResult, Global};
 
 #[derive(Debug, clap::Args)]
-pub struct ListArgs {}
+pub struct ListArgs {
+    /// Only accelerators (display, 3D, processing-accelerator classes).
+    #[arg(long)]
+    pub accelerators: bool,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
     /// Device address, e.g. 0000:00:06.0.
-    pub bdf: String,
+    pub bdf: Bdf,
 }
+
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// Only this device (default: every accelerator).
-    pub bdf: Option<String>,
+    pub bdf: Option<Bdf>,
 }
 
-pub fn list(_g: &Global, _a: ListArgs) -> CmdResult {
-    anyhow::bail!("list is not implemented yet")
+fn scan(g: &Global) -> anyhow::Result<Inventory> {
+    Ok(Inventory::scan(&SysfsRoot::new(&g.sysfs_root))?)
 }
-pub fn show(_g: &Global, _a: ShowArgs) -> CmdResult {
-    anyhow::bail!("show is not implemented yet")
+
+/// One row of `list --json` (schema `vm-accel.list/v1`, docs/json-schema.md).
+#[derive(Debug, Serialize)]
+struct ListEntry<'a> {
+    bdf: Bdf,
+    vendor_id: String,
+    device_id: String,
+    vendor_name: Option<&'a str>,
+    device_name: Option<&'a str>,
+    class: String,
+    class_name: &'a str,
+    accelerator: bool,
+    driver: Option<&'a str>,
+    iommu_group: Option<u32>,
+    numa_node: Option<u32>,
+    largest_bar: Option<BarSummary>,
 }
-pub fn check(_g: &Global, _a: CheckArgs) -> CmdResult {
-    anyhow::bail!("check is not implemented yet")
+
+#[derive(Debug, Serialize)]
+struct BarSummary {
+    index: usize,
+    size: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ListOutput<'a> {
+    schema: &'static str,
+    devices: Vec<ListEntry<'a>>,
+    unreadable: &'a [vm_pci::Unreadable],
+}
+
+fn list_entry(d: &PciDevice) -> ListEntry<'_> {
+    ListEntry {
+        bdf: d.bdf,
+        vendor_id: format!("{:04x}", d.vendor_id),
+        device_id: format!("{:04x}", d.device_id),
+        vendor_name: d.vendor_name,
+        device_name: d.device_name,
+        class: format!("{:06x}", d.class.raw()),
+        class_name: d.class_name,
+        accelerator: d.is_accelerator(),
+        driver: d.driver.as_deref(),
+        iommu_group: d.iommu_group,
+        numa_node: d.numa_node,
+        largest_bar: d.largest_bar().map(|b| BarSummary {
+            index: b.index,
+            size: b.size,
+        }),
+    }
+}
+
+/// `NVIDIA Corporation GH100 [H200 SXM 141GB]`, with lspci's fallbacks for unknown ids.
+fn display_name(d: &PciDevice) -> String {
+    let vendor = d
+        .vendor_name
+        .map_or_else(|| format!("Vendor {:04x}", d.vendor_id), str::to_string);
+    let device = d
+        .device_name
+        .map_or_else(|| format!("Device {:04x}", d.device_id), str::to_string);
+    format!("{vendor} {device}")
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+pub fn list(g: &Global, a: ListArgs) -> CmdResult {
+    let inv = scan(g)?;
+    let devices: Vec<&PciDevice> = inv
+        .devices_accelerators_first()
+        .into_iter()
+        .filter(|d| !a.accelerators || d.is_accelerator())
+        .collect();
+    if g.json {
+        print_json(&ListOutput {
+            schema: "vm-accel.list/v1",
+            devices: devices.iter().map(|d| list_entry(d)).collect(),
+            unreadable: &inv.unreadable,
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.bdf.to_string(),
+                format!("{:04x}:{:04x}", d.vendor_id, d.device_id),
+                d.class_name.to_string(),
+                opt(d.driver.as_deref()),
+                opt(d.iommu_group),
+                opt(d.numa_node),
+                d.largest_bar().map_or("-".into(), |b| {
+                    format!("BAR{} {}", b.index, format_size(b.size))
+                }),
+                display_name(d),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "BDF",
+                "IDS",
+                "CLASS",
+                "DRIVER",
+                "GROUP",
+                "NUMA",
+                "LARGEST BAR",
+                "NAME"
+            ],
+            &rows
+        )
+    );
+    for u in &inv.unreadable {
+        eprintln!("warning: {} could not be read: {}", u.entry, u.error);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `show --json` (schema `vm-accel.show/v1`).
+#[derive(Debug, Serialize)]
+struct ShowOutput<'a> {
+    schema: &'static str,
+    device: &'a PciDevice,
+    iommu_group: Option<&'a vm_pci::IommuGroup>,
+    group_viability: Option<Viability>,
+    checks: Vec<Check>,
+}
+
+pub fn show(g: &Global, a: ShowArgs) -> CmdResult {
+    let inv = scan(g)?;
+    let d = inv.require(a.bdf)?;
+    let group = inv.group_of(a.bdf);
+    let checks = device_checks(&inv, a.bdf)?;
+    if g.json {
+        print_json(&ShowOutput {
+            schema: "vm-accel.show/v1",
+            device: d,
+            iommu_group: group,
+            group_viability: group.map(|gr| inv.group_viability(gr)),
+            checks,
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_show(&inv, d, &checks));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_show(inv: &Inventory, d: &PciDevice, checks: &[Check]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} {} [{:04x}:{:04x}]",
+        d.bdf,
+        display_name(d),
+        d.vendor_id,
+        d.device_id
+    );
+    let kv = |s: &mut String, k: &str, v: String| {
+        let _ = writeln!(s, "  {k:<18} {v}");
+    };
+    kv(
+        &mut s,
+        "class",
+        format!(
+            "{} [{:06x}] ({:?})",
+            d.class_name,
+            d.class.raw(),
+            d.class_kind
+        ),
+    );
+    kv(
+        &mut s,
+        "revision",
+        opt(d.revision.map(|r| format!("{r:02x}"))),
+    );
+    let sub = match (d.subsystem_vendor_id, d.subsystem_device_id) {
+        (Some(v), Some(dd)) => format!(
+            "{v:04x}:{dd:04x}{}",
+            d.subsystem_name
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default()
+        ),
+        _ => "-".into(),
+    };
+    kv(&mut s, "subsystem", sub);
+    kv(&mut s, "driver", opt(d.driver.as_deref()));
+    kv(&mut s, "driver_override", opt(d.driver_override.as_deref()));
+    kv(&mut s, "iommu group", opt(d.iommu_group));
+    kv(&mut s, "numa node", opt(d.numa_node));
+    kv(&mut s, "local cpus", opt(d.local_cpus.as_deref()));
+    if let Some(l) = &d.link {
+        kv(
+            &mut s,
+            "link",
+            format!(
+                "{} x{} (max {} x{}){}",
+                opt(l.current_speed.as_deref()),
+                opt(l.current_width),
+                opt(l.max_speed.as_deref()),
+                opt(l.max_width),
+                if l.is_degraded() { " DEGRADED" } else { "" }
+            ),
+        );
+    }
+    kv(
+        &mut s,
+        "reset methods",
+        if d.reset_methods.is_empty() {
+            "-".into()
+        } else {
+            d.reset_methods.join(" ")
+        },
+    );
+    kv(&mut s, "boot vga", d.boot_vga.to_string());
+    if let Some(pf) = d.physfn {
+        kv(&mut s, "sr-iov pf", pf.to_string());
+    }
+    if let Some(sr) = &d.sriov {
+        kv(
+            &mut s,
+            "sr-iov",
+            format!("{} of {} VFs enabled", sr.num_vfs, sr.total_vfs),
+        );
+        for vf in &sr.vfs {
+            kv(&mut s, "  vf", vf.to_string());
+        }
+    }
+    let _ = writeln!(s, "  BARs:");
+    for b in d.bars.iter().chain(d.rom.iter()).chain(d.vf_bars.iter()) {
+        let what = match b.index {
+            0..=5 => format!("BAR{}", b.index),
+            6 => "ROM".into(),
+            i => format!("VF BAR{}", i - 7),
+        };
+        let _ = writeln!(
+            s,
+            "    {what:<8} {:#018x} size {:>6} {:?}{}{}{}",
+            b.address,
+            format_size(b.size),
+            b.space,
+            if b.is_64bit { " 64-bit" } else { "" },
+            if b.prefetchable { " prefetchable" } else { "" },
+            if b.disabled { " disabled" } else { "" }
+        );
+    }
+    let caps = &d.capabilities;
+    if d.config_len < vm_pci::config::LEGACY_LEN {
+        let _ = writeln!(
+            s,
+            "  capabilities: config space has {} bytes here (run as root to read all)",
+            d.config_len
+        );
+    } else {
+        let _ = writeln!(s, "  capabilities:");
+        for c in &caps.standard {
+            let _ = writeln!(
+                s,
+                "    [{:03x}] {}{}",
+                c.offset,
+                c.name(),
+                describe_std(&c.detail)
+            );
+        }
+        for c in &caps.extended {
+            let _ = writeln!(
+                s,
+                "    [{:03x}] {} v{}{}",
+                c.offset,
+                c.name(),
+                c.version,
+                describe_ext(&c.detail)
+            );
+        }
+        for w in &caps.warnings {
+            let _ = writeln!(s, "    warning: {w}");
+        }
+    }
+    if let Some(gr) = inv.group_of(d.bdf) {
+        let members: Vec<String> = gr.devices.iter().map(|b| b.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  iommu group {}: {} (type {})",
+            gr.id,
+            members.join(", "),
+            opt(gr.kind.as_deref())
+        );
+        for r in &gr.reserved_regions {
+            let _ = writeln!(s, "    reserved {:#x}-{:#x} {}", r.start, r.end, r.kind);
+        }
+    }
+    let _ = writeln!(s, "  passthrough readiness:");
+    for c in checks {
+        let _ = writeln!(s, "    {:<4} {:<16} {}", c.level, c.id, c.message);
+    }
+    s
+}
+
+fn describe_std(d: &CapDetail) -> String {
+    match d {
+        CapDetail::PowerManagement(p) => format!(
+            ": version {}, D{}{}",
+            p.version,
+            p.state,
+            if p.no_soft_reset { ", NoSoftRst" } else { "" }
+        ),
+        CapDetail::Msi(m) => format!(
+            ": {} vector(s), {}{}{}",
+            m.vectors,
+            if m.is_64bit { "64-bit" } else { "32-bit" },
+            if m.per_vector_mask { ", maskable" } else { "" },
+            if m.enabled { ", enabled" } else { "" }
+        ),
+        CapDetail::Msix(m) => format!(
+            ": {} vectors, table BAR{}+{:#x}, PBA BAR{}+{:#x}{}",
+            m.table_size,
+            m.table.bar,
+            m.table.offset,
+            m.pba.bar,
+            m.pba.offset,
+            if m.enabled { ", enabled" } else { "" }
+        ),
+        CapDetail::Pcie(p) => {
+            let link = match (p.link_gen.and_then(vm_pci::config::gen_speed), p.link_width) {
+                (Some(sp), Some(w)) => format!(", link {sp} x{w}"),
+                _ => String::new(),
+            };
+            format!(
+                ": v{} {:?}{}{}",
+                p.version,
+                p.port_type,
+                if p.flr { ", FLR" } else { "" },
+                link
+            )
+        }
+        CapDetail::Other => String::new(),
+    }
+}
+
+fn describe_ext(d: &ExtDetail) -> String {
+    match d {
+        ExtDetail::Acs(a) => format!(
+            ": control {:#06x} [{}]",
+            a.control,
+            vm_pci::config::AcsCap::control_names(a.control).join(" ")
+        ),
+        ExtDetail::Sriov(s) => format!(
+            ": {} of {} VFs, VF device {:04x}",
+            s.num_vfs, s.total_vfs, s.vf_device_id
+        ),
+        ExtDetail::ResizableBar { bars } => {
+            let v: Vec<String> = bars
+                .iter()
+                .map(|b| format!("BAR{} {}", b.bar, format_size(b.current_size)))
+                .collect();
+            format!(": {}", v.join(", "))
+        }
+        ExtDetail::Ari { next_function } => format!(": next function {next_function}"),
+        ExtDetail::Dvsec {
+            vendor,
+            revision,
+            dvsec_id,
+        } => format!(": vendor {vendor:04x} id {dvsec_id:#x} rev {revision}"),
+        ExtDetail::Vsec { vsec_id, revision } => format!(": id {vsec_id:#x} rev {revision}"),
+        ExtDetail::Aer {
+            uncorrectable_status,
+            correctable_status,
+        } => {
+            format!(
+                ": uncorrectable {uncorrectable_status:#x}, correctable {correctable_status:#x}"
+            )
+        }
+        ExtDetail::SerialNumber { serial } => format!(": {serial:016x}"),
+        ExtDetail::Other => String::new(),
+    }
+}
+
+/// `check --json` (schema `vm-accel.check/v1`).
+#[derive(Debug, Serialize)]
+struct CheckOutput {
+    schema: &'static str,
+    ready: bool,
+    host: Vec<Check>,
+    devices: Vec<DeviceReadiness>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeviceReadiness {
+    bdf: Bdf,
+    name: String,
+    ready: bool,
+    checks: Vec<Check>,
+}
+
+pub fn check(g: &Global, a: CheckArgs) -> CmdResult {
+    let inv = scan(g)?;
+    let targets: Vec<Bdf> = match a.bdf {
+        Some(b) => vec![inv.require(b)?.bdf],
+        None => inv
+            .devices
+            .iter()
+            .filter(|d| d.is_accelerator())
+            .map(|d| d.bdf)
+            .collect(),
+    };
+    let host = host_checks(&inv);
+    let mut devices = Vec::new();
+    for bdf in targets {
+        let checks = device_checks(&inv, bdf)?;
+        let name = inv.device(bdf).map(display_name).unwrap_or_default();
+        devices.push(DeviceReadiness {
+            bdf,
+            name,
+            ready: all_pass(&checks),
+            checks,
+        });
+    }
+    let ready = all_pass(&host) && devices.iter().all(|d| d.ready);
+    if g.json {
+        print_json(&CheckOutput {
+            schema: "vm-accel.check/v1",
+            ready,
+            host,
+            devices,
+        })?;
+    } else {
+        println!("host ({}):", g.sysfs_root.display());
+        for c in &host {
+            println!("  {:<4} {:<20} {}", c.level, c.id, c.message);
+        }
+        if devices.is_empty() {
+            println!("no accelerators found (name a device: vm-accel check BDF)");
+        }
+        for d in &devices {
+            println!(
+                "{} {} — {}",
+                d.bdf,
+                d.name,
+                if d.ready { "ready" } else { "NOT READY" }
+            );
+            for c in &d.checks {
+                println!("  {:<4} {:<20} {}", c.level, c.id, c.message);
+            }
+        }
+        println!(
+            "{}",
+            if ready {
+                "result: ready for passthrough"
+            } else {
+                "result: not ready (see FAIL lines)"
+            }
+        );
+    }
+    Ok(if ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
