@@ -32,7 +32,7 @@ impl fmt::Display for KernelOp {
     /// Shell form, so a dry run can be read (and replayed) by a person.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelOp::Write { path, value } if value.is_empty() => {
+            KernelOp::Write { path, value } if value.trim().is_empty() => {
                 write!(f, "echo > {}", path.display())
             }
             KernelOp::Write { path, value } => {
@@ -57,10 +57,24 @@ impl<K: Kernel + ?Sized> Kernel for &mut K {
 
 /// The live kernel: sysfs writes are `write(2)` to existing attribute files, modules are
 /// loaded with `modprobe`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SysfsKernel {
-    /// The `modprobe` program (default: `modprobe` from `PATH`).
+    /// The `modprobe` program (default: `modprobe` from `PATH`); `None` refuses module
+    /// loads (a fixture root: loading a module would change the live kernel, not the tree).
     pub modprobe: Option<PathBuf>,
+}
+
+impl SysfsKernel {
+    /// For the live `/sys`: loads modules with `modprobe` from `PATH`.
+    pub fn live() -> SysfsKernel {
+        SysfsKernel {
+            modprobe: Some(PathBuf::from("modprobe")),
+        }
+    }
+    /// For a sysfs root that is not the live kernel's: writes files, never loads modules.
+    pub fn for_tree() -> SysfsKernel {
+        SysfsKernel { modprobe: None }
+    }
 }
 
 impl Kernel for SysfsKernel {
@@ -68,10 +82,12 @@ impl Kernel for SysfsKernel {
         match op {
             KernelOp::Write { path, value } => write_attr(path, value),
             KernelOp::LoadModule { module } => {
-                let prog = self
-                    .modprobe
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("modprobe"));
+                let Some(prog) = self.modprobe.clone() else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("not loading {module}: the sysfs root is not the live kernel's"),
+                    ));
+                };
                 let out = std::process::Command::new(&prog).arg(module).output()?;
                 if out.status.success() {
                     Ok(())
@@ -88,11 +104,15 @@ impl Kernel for SysfsKernel {
     }
 }
 
-/// One `write(2)` of the whole value to an attribute that must already exist: sysfs
-/// attributes are never created, and a short or failed write is the kernel refusing.
+/// One `write(2)` of the whole value to an attribute that must already exist, opened as the
+/// shell's `echo value > attr` opens it (sysfs ignores the truncation; a plain-file tree
+/// needs it). Attributes are never created; a short or failed write is the kernel refusing.
 fn write_attr(path: &Path, value: &str) -> io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
     let n = f.write(value.as_bytes())?;
     if n != value.len() {
         return Err(io::Error::other(format!(
@@ -114,7 +134,7 @@ mod tests {
             op.to_string(),
             "echo 0000:00:03.0 > /sys/bus/pci/drivers_probe"
         );
-        let op = KernelOp::write("/sys/x/driver_override", "");
+        let op = KernelOp::write("/sys/x/driver_override", "\n");
         assert_eq!(op.to_string(), "echo > /sys/x/driver_override");
         let op = KernelOp::LoadModule {
             module: "vfio-pci".into(),
@@ -126,13 +146,13 @@ mod tests {
     fn sysfs_kernel_never_creates_attributes() {
         let t = tempfile::tempdir().unwrap();
         let path = t.path().join("driver_override");
-        let e = SysfsKernel::default()
+        let e = SysfsKernel::for_tree()
             .apply(&KernelOp::write(&path, "vfio-pci"))
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert!(!path.exists());
         std::fs::write(&path, "").unwrap();
-        SysfsKernel::default()
+        SysfsKernel::for_tree()
             .apply(&KernelOp::write(&path, "vfio-pci"))
             .unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "vfio-pci");

@@ -314,7 +314,7 @@ impl<K: Kernel> Binder<K> {
         }
         // The requested device first: it is the one the user cares about, and failing early
         // on it leaves the least to roll back.
-        devices.sort_by_key(|d| d.bdf != bdf);
+        devices.sort_by_key(|d| (d.bdf != bdf, d.action == Action::Bridge));
         let load_module = !self.paths.driver_loaded(VFIO_PCI);
         Ok(BindPlan {
             target: bdf,
@@ -398,8 +398,12 @@ impl<K: Kernel> Binder<K> {
     fn restore_device(&mut self, bdf: Bdf, original: &DriverState) -> Result<(), StepError> {
         let cur = self.read(bdf)?;
         if cur.driver_override != original.driver_override {
-            let v = original.driver_override.clone().unwrap_or_default();
-            // An empty write clears the override (the kernel's `echo > driver_override`).
+            // A lone newline clears the override (`echo > driver_override`); a zero-byte
+            // write would never reach the kernel's store function.
+            let v = original
+                .driver_override
+                .clone()
+                .unwrap_or_else(|| "\n".to_string());
             self.apply(bdf, &KernelOp::write(self.paths.driver_override(bdf), v))?;
         }
         if let Some(d) = &cur.driver {

@@ -359,6 +359,8 @@ impl SimKernel {
                 }
                 Ok(())
             }
+            // write(2) of zero bytes never reaches a sysfs store function.
+            KernelOp::Write { value, .. } if value.is_empty() => Ok(()),
             KernelOp::Write { path, value } => {
                 let root = self.paths.root().to_path_buf();
                 let rel = path

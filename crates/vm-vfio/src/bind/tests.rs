@@ -444,7 +444,7 @@ fn build_shape(s: &Shape) -> SimHost {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Random group shapes, a random fault (kind and step) during prepare: either prepare
     /// succeeds and release restores the host exactly, or it fails and the host is exactly
