@@ -1,1 +1,51 @@
-//! placeholder
+//! CUDA compute for GPU health checks and VMM helpers: devices, primary contexts, PTX
+//! modules with checked kernel launches, streams, events, device and pinned memory.
+//!
+//! Built on cust's raw driver bindings (`cust::sys`) behind the `cuda` feature. Without
+//! the feature every type and function still exists and each operation returns
+//! [`Error::Unsupported`]; with it but without a GPU (the stub libcuda of
+//! `cargo xtask cuda-stub`, or no device) operations return [`Error::Driver`] with
+//! `CUDA_ERROR_STUB_LIBRARY` / `CUDA_ERROR_NO_DEVICE`: [`Error::means_no_gpu`] tells those
+//! apart from a GPU that failed.
+//!
+//! ```no_run
+//! use vm_cuda::*;
+//! # fn main() -> vm_cuda::Result<()> {
+//! let ctx = Context::for_ordinal(0)?;
+//! let module = Module::from_ptx(&ctx, vm_cuda::health::HEALTH_PTX, &JitOptions::default())?;
+//! let vec_add = module.kernel("vec_add")?;
+//! let stream = Stream::new(&ctx, StreamOptions::default())?;
+//! let a = DeviceBuffer::from_slice(&ctx, &[1.0f32; 1024])?;
+//! let b = DeviceBuffer::from_slice(&ctx, &[2.0f32; 1024])?;
+//! let c = DeviceBuffer::<f32>::zeroed(&ctx, 1024)?;
+//! let args = KernelArgs::new().buffer(&a).buffer(&b).buffer(&c).u64(1024);
+//! vec_add.launch(&stream, &LaunchConfig::for_elements(1024, 256)?, &args)?;
+//! stream.synchronize()?;
+//! assert_eq!(c.to_vec()?, vec![3.0f32; 1024]);
+//! # Ok(()) }
+//! ```
+
+pub mod args;
+pub mod context;
+pub mod device;
+pub mod error;
+pub mod health;
+pub mod launch;
+pub mod memory;
+pub mod module;
+pub mod ptx;
+pub mod stream;
+mod sys;
+
+pub use args::{KernelArgs, Pod};
+pub use context::{Context, MemoryInfo};
+pub use device::{driver_version, Device, DeviceInfo, Limits, PciLocation};
+pub use error::{DriverCode, Error, Result};
+pub use launch::{Dim3, LaunchConfig};
+pub use memory::{DeviceBuffer, PinnedBuffer};
+pub use module::{FunctionAttributes, JitOptions, Kernel, Module};
+pub use ptx::{KernelSignature, Param, ParamType};
+pub use stream::{Event, EventOptions, Stream, StreamOptions};
+
+/// True when this build can talk to a CUDA driver at all (the `cuda` feature).
+pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
