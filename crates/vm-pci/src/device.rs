@@ -50,7 +50,7 @@ pub struct PciDevice {
     pub irq: Option<u32>,
     /// Header type (0 endpoint, 1 bridge, 2 CardBus); `None` when config is unreadable.
     pub header_type: Option<u8>,
-    /// Bytes of config space readable by this process (64 when unprivileged).
+    /// Bytes of config space read (64 when unprivileged, or with [`ConfigRead::Header`]).
     pub config_len: usize,
     pub capabilities: CapabilityList,
     /// The sysfs directory the device was read from (a path under the root).
@@ -122,10 +122,41 @@ impl PciDevice {
     }
 }
 
-/// Reads one device below `root`.
+/// How much of each device to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConfigRead {
+    /// All of config space (capabilities decoded). Each config read can trap to firmware or
+    /// a hypervisor, so 4 KiB per device is the expensive part of a scan.
+    #[default]
+    Full,
+    /// Only the 64-byte header (what `lspci` without `-v` reads): no capabilities.
+    Header,
+}
+
+/// Reads one device below `root`, all of its config space included.
 pub fn read_device(root: &SysfsRoot, bdf: Bdf) -> Result<PciDevice> {
     let dir = root.resolve_device_dir(bdf)?;
-    read_device_dir(root, bdf, &dir)
+    read_device_dir(root, bdf, &dir, ConfigRead::Full)
+}
+
+fn read_config(path: &Path, how: ConfigRead) -> Result<ConfigSpace> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ConfigSpace::new(Vec::new()))
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let limit = match how {
+        ConfigRead::Full => crate::config::PCIE_LEN as u64,
+        ConfigRead::Header => 64,
+    };
+    let mut bytes = Vec::with_capacity(limit as usize);
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(ConfigSpace::new(bytes))
 }
 
 fn opt_hex<T: TryFrom<u64>>(dir: &Path, name: &str) -> Result<Option<T>> {
@@ -140,7 +171,12 @@ fn opt_dec<T: std::str::FromStr>(dir: &Path, name: &str) -> Option<T> {
     read_attr(dir, name).and_then(|s| s.parse().ok())
 }
 
-pub(crate) fn read_device_dir(root: &SysfsRoot, bdf: Bdf, dir: &Path) -> Result<PciDevice> {
+pub(crate) fn read_device_dir(
+    root: &SysfsRoot,
+    bdf: Bdf,
+    dir: &Path,
+    how: ConfigRead,
+) -> Result<PciDevice> {
     let vendor_id: u16 = read_hex(dir, "vendor")?;
     let device_id: u16 = read_hex(dir, "device")?;
     let class_raw: u32 = read_hex(dir, "class")?;
@@ -154,11 +190,7 @@ pub(crate) fn read_device_dir(root: &SysfsRoot, bdf: Bdf, dir: &Path) -> Result<
     let subsystem_device_id: Option<u16> = opt_hex(dir, "subsystem_device")?;
     let revision: Option<u8> = opt_hex(dir, "revision")?;
 
-    let config = match std::fs::read(dir.join("config")) {
-        Ok(b) => ConfigSpace::new(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ConfigSpace::new(Vec::new()),
-        Err(e) => return Err(Error::io(dir.join("config"), e)),
-    };
+    let config = read_config(&dir.join("config"), how)?;
     if !config.is_empty() {
         if let (Some(v), Some(d)) = (config.vendor_id(), config.device_id()) {
             if (v, d) != (vendor_id, device_id) && v != 0xffff {

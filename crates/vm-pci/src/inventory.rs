@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::device::{read_device_dir, PciDevice};
+use crate::device::{read_device_dir, ConfigRead, PciDevice};
 use crate::error::{Error, Result};
 use crate::iommu::{read_groups, read_iommu_info, IommuGroup, IommuInfo};
 use crate::sysfs::SysfsRoot;
@@ -36,6 +36,11 @@ impl Inventory {
     /// Reads everything below `root`. Fails only when the device list itself cannot be
     /// read; a bad device lands in [`Inventory::unreadable`].
     pub fn scan(root: &SysfsRoot) -> Result<Inventory> {
+        Self::scan_with(root, ConfigRead::Full)
+    }
+
+    /// [`Inventory::scan`], reading only as much config space as `how` says.
+    pub fn scan_with(root: &SysfsRoot, how: ConfigRead) -> Result<Inventory> {
         let dir = root.pci_devices_dir();
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         let mut devices = Vec::new();
@@ -48,7 +53,7 @@ impl Inventory {
                 .map_err(|e| e.to_string())
                 .and_then(|bdf| {
                     let d = root.read_link(&entry.path()).map_err(|e| e.to_string())?;
-                    read_device_dir(root, bdf, &d).map_err(|e| e.to_string())
+                    read_device_dir(root, bdf, &d, how).map_err(|e| e.to_string())
                 });
             match result {
                 Ok(d) => devices.push(d),

@@ -27,7 +27,7 @@ mod sysfs;
 pub use bar::{Bar, BarSpace};
 pub use bdf::{Bdf, BdfParseError};
 pub use config::{CapabilityList, ConfigSpace};
-pub use device::{read_device, LinkInfo, PciDevice, SriovInfo};
+pub use device::{read_device, ConfigRead, LinkInfo, PciDevice, SriovInfo};
 pub use error::{Error, Result};
 pub use ids::{ClassCode, ClassKind};
 pub use inventory::{GroupMember, Inventory, Unreadable, Viability};
