@@ -7,6 +7,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cuda_stub;
 mod hw_test;
 mod lab;
@@ -24,6 +25,8 @@ enum Command {
     HwTest(hw_test::Args),
     /// Generate a stub libcuda.so for building the `cuda` feature without a GPU.
     CudaStub(cuda_stub::Args),
+    /// Time `vm-accel list --json` against `lspci -D -nn -k` on this host.
+    BenchList(bench::Args),
     /// Boot the emulated VFIO lab and run tests inside the guest.
     Lab(lab::Args),
 }
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::HwTest(args) => hw_test::run(args),
         Command::CudaStub(args) => cuda_stub::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::BenchList(args) => bench::run(args),
     }
 }
