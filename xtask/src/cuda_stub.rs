@@ -8,10 +8,13 @@
 //! does. Its soname is `libcuda.so.1`, so a binary linked against it loads the real driver
 //! library unchanged on a GPU host.
 //!
-//! The stub goes to `<cargo target dir>/cuda-stub/lib64/`. Being inside the target
-//! directory matters: cargo adds build-script search paths under the target directory to
-//! the dynamic library path of `cargo test`/`cargo run`, so test binaries find the stub
-//! (and report "stub library") without any LD_LIBRARY_PATH set by hand.
+//! The stub goes to `<cargo target dir>/cuda-stub/lib64/`. Building needs
+//! `CUDA_LIBRARY_PATH=<that dir>/..` (printed on stdout). *Running* a binary that calls
+//! CUDA needs a `libcuda.so.1` at load time: on a GPU host the real one (binaries built
+//! against the stub run there unchanged); on a host without a GPU, the stub, through
+//! `LD_LIBRARY_PATH=<cuda-stub>/lib64` (cargo only adds build-script search paths under
+//! `target/<profile>` to the test environment, and a stub there would shadow a real
+//! driver on GPU hosts, so that is left to the caller, e.g. CI).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -79,7 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         symbols.len(),
         lib.display()
     );
-    eprintln!("# Build the `cuda` feature with:");
+    eprintln!("# Build the `cuda` feature with the line below; on hosts without a GPU, run its");
+    eprintln!(
+        "# binaries with LD_LIBRARY_PATH={} (never on a GPU host).",
+        lib64.display()
+    );
     println!("CUDA_LIBRARY_PATH={}", out.display());
     Ok(())
 }

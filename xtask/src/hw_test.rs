@@ -141,7 +141,7 @@ const SUITES: &[Suite] = &[
         needs: &[Cap::Gpu],
         runner: Runner::CargoTest {
             package: "vm-cuda",
-            tests: &["gpu"],
+            tests: &["gpu_compute", "gpu_memory"],
             features: &["cuda"],
         },
         env: &[],

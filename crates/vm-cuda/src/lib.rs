@@ -49,3 +49,31 @@ pub use stream::{Event, EventOptions, Stream, StreamOptions};
 
 /// True when this build can talk to a CUDA driver at all (the `cuda` feature).
 pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
+
+/// Without the `cuda` feature every entry point exists and fails with `Unsupported`.
+#[cfg(all(test, not(feature = "cuda")))]
+mod unsupported_tests {
+    use super::*;
+
+    fn unsupported<T: std::fmt::Debug>(r: Result<T>) {
+        match r {
+            Err(e @ Error::Unsupported { .. }) => {
+                assert!(e.means_no_gpu());
+                assert!(e.to_string().contains("`cuda` feature"), "{e}");
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_entry_point_is_unsupported() {
+        const { assert!(!BUILT_WITH_CUDA) };
+        unsupported(device::init());
+        unsupported(driver_version());
+        unsupported(Device::count());
+        unsupported(Device::get(0));
+        unsupported(Device::all());
+        unsupported(Context::for_ordinal(0));
+        unsupported(health::run(0, &health::HealthOptions::default()));
+    }
+}
