@@ -36,6 +36,10 @@ pub struct BindArgs {
     /// Print the exact sysfs writes, in order, without doing them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Bind although this readiness check (an id from `vm-accel check`, e.g. `reset`)
+    /// fails; repeat for several. The failure is still logged.
+    #[arg(long = "allow", value_name = "CHECK")]
+    pub allow: Vec<String>,
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -57,7 +61,7 @@ pub struct RestoreArgs {
     pub run: RunOpts,
 }
 
-fn binder(g: &Global, run: &RunOpts) -> Binder<SysfsKernel> {
+fn binder(g: &Global, run: &RunOpts, allow: &[String]) -> Binder<SysfsKernel> {
     // Modules are loaded only for the live kernel: a fixture root is not it.
     let kernel = if g.sysfs_root == Path::new("/sys") {
         SysfsKernel::live()
@@ -68,6 +72,9 @@ fn binder(g: &Global, run: &RunOpts) -> Binder<SysfsKernel> {
         .with_lock_timeout(Duration::from_millis(run.lock_timeout_ms));
     Binder::new(Paths::new(&g.sysfs_root), kernel, store)
         .with_probe_timeout(Duration::from_millis(run.probe_timeout_ms))
+        .with_readiness(Some(vm_vfio::bind::vm_pci_readiness_allowing(
+            allow.to_vec(),
+        )))
 }
 
 /// `bind --dry-run --json` (schema `vm-accel.bind-plan/v1`).
@@ -209,7 +216,7 @@ pub fn bind(g: &Global, a: BindArgs) -> CmdResult {
 }
 
 fn bind_to(g: &Global, a: BindArgs, out: &mut dyn Write) -> CmdResult {
-    let mut b = binder(g, &a.run);
+    let mut b = binder(g, &a.run, &a.allow);
     if a.dry_run {
         let plan = match b.plan(a.bdf) {
             Ok(p) => p,
@@ -262,7 +269,7 @@ pub fn unbind(g: &Global, a: UnbindArgs) -> CmdResult {
 }
 
 fn unbind_to(g: &Global, a: UnbindArgs, out: &mut dyn Write) -> CmdResult {
-    let mut b = binder(g, &a.run);
+    let mut b = binder(g, &a.run, &[]);
     match b.release(a.bdf) {
         Ok(o) => {
             if g.json {
@@ -290,7 +297,7 @@ pub fn restore(g: &Global, a: RestoreArgs) -> CmdResult {
 }
 
 fn restore_to(g: &Global, a: RestoreArgs, out: &mut dyn Write) -> CmdResult {
-    let mut b = binder(g, &a.run);
+    let mut b = binder(g, &a.run, &[]);
     if a.dry_run {
         let rec = match b.record() {
             Ok(r) => r,
@@ -485,6 +492,26 @@ sysfs writes, in order (each followed by a read-back):
             .as_str()
             .unwrap()
             .contains("no IOMMU group"));
+    }
+
+    #[test]
+    fn allow_accepts_one_named_readiness_failure() {
+        let f = Fixture::new(gpu_host());
+        std::fs::write(f.sys().join("cmdline"), "intel_iommu=on intremap=off\n").unwrap();
+        let (code, text) = f.run(&["bind", "0000:41:00.0", "--dry-run"]);
+        assert_eq!(code, ExitCode::from(1));
+        assert!(text.contains("interrupt_remapping: disabled"), "{text}");
+        assert!(text.contains("--allow interrupt_remapping"), "{text}");
+        let (code, text) = f.run(&["bind", "0000:41:00.0", "--dry-run", "--allow", "reset"]);
+        assert_eq!(code, ExitCode::from(1), "{text}");
+        let (code, text) = f.run(&[
+            "bind",
+            "0000:41:00.0",
+            "--dry-run",
+            "--allow",
+            "interrupt_remapping",
+        ]);
+        assert_eq!(code, ExitCode::SUCCESS, "{text}");
     }
 
     #[test]

@@ -185,6 +185,16 @@ pub type ReadinessHook = Box<dyn Fn(&Paths, Bdf) -> Vec<String>>;
 /// "group not viable yet" or "bound to a host driver", are what binding fixes). The group
 /// and bridge checks are left to the binder, which makes them itself.
 pub fn vm_pci_readiness(paths: &Paths, bdf: Bdf) -> Vec<String> {
+    vm_pci_readiness_failures(paths, bdf, &[])
+}
+
+/// [`vm_pci_readiness`] with the failures of the checks named in `allowed` (vm-pci check
+/// ids, e.g. `reset`) accepted: the operator's explicit, logged decision.
+pub fn vm_pci_readiness_allowing(allowed: Vec<String>) -> ReadinessHook {
+    Box::new(move |paths, bdf| vm_pci_readiness_failures(paths, bdf, &allowed))
+}
+
+fn vm_pci_readiness_failures(paths: &Paths, bdf: Bdf, allowed: &[String]) -> Vec<String> {
     use vm_pci::{readiness, Inventory, Level, SysfsRoot};
     let root = SysfsRoot::new(paths.root());
     let inv = match Inventory::scan(&root) {
@@ -199,7 +209,18 @@ pub fn vm_pci_readiness(paths: &Paths, bdf: Bdf) -> Vec<String> {
     checks
         .into_iter()
         .filter(|c| c.level == Level::Fail && !matches!(c.id, "iommu_group" | "endpoint"))
-        .map(|c| format!("{}: {}", c.id, c.message))
+        .filter(|c| {
+            let ok = allowed.iter().any(|a| a == c.id);
+            if ok {
+                log::warn!(
+                    "{bdf}: readiness check {} failed but is allowed: {}",
+                    c.id,
+                    c.message
+                );
+            }
+            !ok
+        })
+        .map(|c| format!("{}: {} (allow with --allow {})", c.id, c.message, c.id))
         .collect()
 }
 
