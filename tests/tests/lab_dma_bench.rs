@@ -1,0 +1,54 @@
+//! Benchmark (not part of `--all`): VFIO DMA-map time of 256 MiB of vm-memory guest RAM in
+//! one region vs many, inside the lab guest (`cargo xtask lab --test lab_dma_bench`).
+//! Prints `BENCH` lines; asserts only that every map and unmap succeeds.
+
+mod lab_support;
+
+use std::time::Instant;
+
+use lab_support::*;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const TOTAL: usize = 256 << 20;
+const ROUNDS: usize = 3;
+
+#[test]
+fn dma_map_256_mib_one_region_vs_many() {
+    let Some((_, sysfs)) = lab_device("dma_map_256_mib_one_region_vs_many") else {
+        return;
+    };
+    let edu = Edu::open_container(&sysfs);
+    for regions in [1usize, 64, 1024] {
+        let each = TOTAL / regions;
+        let ranges: Vec<_> = (0..regions)
+            .map(|i| (GuestAddress((i * each) as u64), each))
+            .collect();
+        let (mut map_ms, mut unmap_ms) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let mem = GuestMemoryMmap::from_ranges(&ranges).expect("guest RAM");
+            // Touch every page first, as a running guest would have: what is measured is
+            // the VFIO map (pinning + IOMMU page tables), not first-touch page faults.
+            let zeros = vec![0u8; 1 << 20];
+            for off in (0..TOTAL).step_by(zeros.len()) {
+                mem.write_slice(&zeros, GuestAddress(off as u64))
+                    .expect("touch");
+            }
+            let t = Instant::now();
+            edu.map(&mem);
+            map_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            edu.unmap(&mem);
+            unmap_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        report(&format!(
+            "BENCH dma_map total=256MiB regions={regions} region_size={}KiB map_ms_median={:.1} unmap_ms_median={:.1} rounds={ROUNDS}",
+            each >> 10,
+            med(&mut map_ms),
+            med(&mut unmap_ms)
+        ));
+    }
+}

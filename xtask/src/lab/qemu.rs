@@ -1,0 +1,210 @@
+//! Boots the lab guest and follows its serial console.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::Accel;
+
+/// How to boot the guest.
+#[derive(Debug)]
+pub struct Boot<'a> {
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    pub accel: Accel,
+    pub edu_devices: u8,
+    pub memory_mib: u32,
+    pub boot_timeout: Duration,
+    pub timeout: Duration,
+    pub verbose: bool,
+}
+
+/// Why the guest stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Init printed @@LAB-DONE and QEMU exited.
+    Done,
+    /// QEMU exited before @@LAB-DONE (crash, abort, guest panic).
+    QemuExited(String),
+    BootTimeout(Duration),
+    Timeout(Duration),
+}
+
+/// What one boot produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub end: End,
+    pub serial: Vec<String>,
+    pub serial_log: PathBuf,
+    pub qemu_stderr: String,
+    pub to_ready: Option<Duration>,
+    pub to_done: Option<Duration>,
+}
+
+pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
+    let mut args: Vec<String> = vec!["-M".into(), "q35,kernel-irqchip=split".into()];
+    match boot.accel {
+        Accel::Tcg => args.extend(["-accel", "tcg", "-cpu", "max"].map(String::from)),
+        Accel::Kvm => args.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
+    }
+    args.extend(
+        [
+            "-m",
+            &boot.memory_mib.to_string(),
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-device",
+            "intel-iommu,intremap=on,caching-mode=on",
+        ]
+        .map(String::from),
+    );
+    // Each edu lands in its own IOMMU group. The first sits on the root bus (no reset
+    // method at all, like many integrated devices); the rest sit behind their own PCIe root
+    // port, as a GPU does, where the kernel can reset them through the port (bus reset).
+    for i in 0..boot.edu_devices {
+        if i == 0 {
+            args.extend(["-device".into(), "edu".into()]);
+        } else {
+            args.extend([
+                "-device".into(),
+                format!("pcie-root-port,id=rp{i},chassis={i},slot={i}"),
+                "-device".into(),
+                format!("edu,bus=rp{i}"),
+            ]);
+        }
+    }
+    args.extend([
+        "-kernel".into(),
+        boot.kernel.display().to_string(),
+        "-initrd".into(),
+        boot.initramfs.display().to_string(),
+        "-append".into(),
+        "console=ttyS0 intel_iommu=on panic=-1 quiet loglevel=4".into(),
+    ]);
+    args
+}
+
+/// Boots, streams the console into `run_dir/serial.log`, enforces the timeouts.
+pub fn run(boot: &Boot<'_>, run_dir: &Path) -> Result<Outcome> {
+    let args = command_line(boot);
+    let serial_log = run_dir.join("serial.log");
+    std::fs::write(
+        run_dir.join("qemu-cmdline.txt"),
+        format!("qemu-system-x86_64 {}\n", args.join(" ")),
+    )?;
+    let mut log = std::fs::File::create(&serial_log)?;
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
+            buf.clear();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().context("qemu stderr")?;
+    let stderr_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    let mut serial = Vec::new();
+    let (mut to_ready, mut to_done) = (None, None);
+    let end = loop {
+        let elapsed = started.elapsed();
+        let deadline = if to_ready.is_none() {
+            boot.boot_timeout
+        } else {
+            boot.timeout
+        };
+        if elapsed >= deadline {
+            kill(&mut child);
+            break if to_ready.is_none() {
+                End::BootTimeout(deadline)
+            } else {
+                End::Timeout(deadline)
+            };
+        }
+        match rx.recv_timeout((deadline - elapsed).min(Duration::from_millis(500))) {
+            Ok(line) => {
+                writeln!(log, "{line}")?;
+                if boot.verbose {
+                    println!("guest| {line}");
+                }
+                if line.starts_with("@@LAB-READY") && to_ready.is_none() {
+                    to_ready = Some(started.elapsed());
+                }
+                if line.starts_with("@@LAB-DONE") {
+                    to_done = Some(started.elapsed());
+                }
+                serial.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Console closed: QEMU is exiting. Give it a moment for its status.
+                let status = wait_for(&mut child, Duration::from_secs(10));
+                break match (to_done, status) {
+                    (Some(_), Some(s)) if s.success() => End::Done,
+                    (_, Some(s)) => End::QemuExited(s.to_string()),
+                    (_, None) => {
+                        kill(&mut child);
+                        End::QemuExited("closed its console but did not exit".into())
+                    }
+                };
+            }
+        }
+    };
+    let qemu_stderr = stderr_thread.join().unwrap_or_default();
+    std::fs::write(run_dir.join("qemu-stderr.log"), &qemu_stderr)?;
+    Ok(Outcome {
+        end,
+        serial,
+        serial_log,
+        qemu_stderr,
+        to_ready,
+        to_done,
+    })
+}
+
+fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
