@@ -1,0 +1,177 @@
+//! The binding lifecycle for real, through the `vm-accel` CLI: take a vfio-pci device back
+//! to "no driver", `vm-accel bind` it, open it through VFIO, `vm-accel unbind` it, and check
+//! it ends exactly as it was; then the same with `vm-accel restore`. Runs in the lab (the
+//! lab puts `vm-accel` on PATH); skips elsewhere. Leaves the device on vfio-pci, as the
+//! lab's init bound it, whatever happens.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod lab_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lab_common::{device_under_test, lab_edu_bdfs, report, sys};
+use vm_pci::Bdf;
+use vm_vfio::access::{BackendChoice, Device};
+use vm_vfio::bind::DriverState;
+
+fn vm_accel() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VM_ACCEL_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("vm-accel"))
+        .find(|p| p.exists())
+}
+
+fn run(bin: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = Command::new(bin).args(args).output().expect("run vm-accel");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    report(&format!(
+        "$ vm-accel {} -> {:?}\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr
+    ));
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn write(path: &str, value: &str) {
+    std::fs::write(path, value).unwrap_or_else(|e| panic!("echo {value:?} > {path}: {e}"));
+}
+
+/// Puts the device back on vfio-pci with override (the lab's state) when the test ends.
+struct BackToVfio(Bdf);
+impl Drop for BackToVfio {
+    fn drop(&mut self) {
+        let b = self.0;
+        let st = sys().driver_state(b).unwrap_or_default();
+        if st.driver.as_deref() == Some("vfio-pci") {
+            return;
+        }
+        if let Some(d) = st.driver {
+            let _ = std::fs::write(format!("/sys/bus/pci/drivers/{d}/unbind"), b.to_string());
+        }
+        let _ = std::fs::write(
+            format!("/sys/bus/pci/devices/{b}/driver_override"),
+            "vfio-pci",
+        );
+        let _ = std::fs::write("/sys/bus/pci/drivers_probe", b.to_string());
+    }
+}
+
+/// Takes `b` off vfio-pci to "no driver, no override": the state a fresh edu has.
+fn make_unbound(b: Bdf) {
+    write(&format!("/sys/bus/pci/devices/{b}/driver_override"), "\n");
+    if sys().driver_state(b).unwrap().driver.is_some() {
+        write("/sys/bus/pci/drivers/vfio-pci/unbind", &b.to_string());
+    }
+    assert_eq!(sys().driver_state(b).unwrap(), DriverState::default());
+}
+
+/// The edu the lifecycle is exercised on: the last one, so the first stays for others.
+fn target(test: &str) -> Option<(Bdf, PathBuf)> {
+    let first = device_under_test(test)?;
+    let Some(bin) = vm_accel() else {
+        vm_accel_tests::hw::skip(test, "no vm-accel binary on PATH (or VM_ACCEL_BIN)");
+        return None;
+    };
+    Some((lab_edu_bdfs().last().copied().unwrap_or(first), bin))
+}
+
+#[test]
+fn bind_then_unbind_returns_the_device_exactly() {
+    let Some((b, bin)) = target("bind_then_unbind_returns_the_device_exactly") else {
+        return;
+    };
+    let _guard = BackToVfio(b);
+    make_unbound(b);
+    let bdf = b.to_string();
+
+    // Readiness first: edu on q35's root bus has no reset method, which vm-pci fails.
+    let (code, plan, _) = run(&bin, &["bind", &bdf, "--dry-run", "--json"]);
+    let reset_missing = !Path::new(&format!("/sys/bus/pci/devices/{bdf}/reset_method")).exists();
+    if reset_missing {
+        assert_eq!(code, 1, "a device without reset is refused");
+        assert!(plan["refusals"].to_string().contains("reset:"), "{plan}");
+    }
+    let (code, plan, _) = run(
+        &bin,
+        &["bind", &bdf, "--dry-run", "--json", "--allow", "reset"],
+    );
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(
+        plan["commands"][0],
+        format!("echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override")
+    );
+    assert_eq!(
+        sys().driver_state(b).unwrap(),
+        DriverState::default(),
+        "dry run changed nothing"
+    );
+
+    let (code, out, err) = run(&bin, &["bind", &bdf, "--json", "--allow", "reset"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out["ok"], true);
+    assert_eq!(out["outcome"]["changed"], true);
+    let st = sys().driver_state(b).unwrap();
+    assert_eq!(st.driver.as_deref(), Some("vfio-pci"));
+    assert_eq!(st.driver_override.as_deref(), Some("vfio-pci"));
+    assert!(
+        Path::new("/run/vm-accel/bindings.json").exists(),
+        "the binding is recorded"
+    );
+
+    // What bind produced is a working VFIO device.
+    {
+        let d = Device::open_new(&sys(), b, BackendChoice::Auto).unwrap();
+        assert_eq!(d.config_u16(0).unwrap(), lab_common::EDU_VENDOR);
+    }
+
+    // A second bind is a no-op; unbind returns it to no driver and no override.
+    let (code, out, _) = run(&bin, &["bind", &bdf, "--json", "--allow", "reset"]);
+    assert_eq!(
+        (code, &out["outcome"]["changed"]),
+        (0, &serde_json::Value::Bool(false))
+    );
+    let (code, out, err) = run(&bin, &["unbind", &bdf, "--json"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(sys().driver_state(b).unwrap(), DriverState::default());
+    assert!(
+        !Path::new("/run/vm-accel/bindings.json").exists(),
+        "record removed"
+    );
+    let (code, out, _) = run(&bin, &["unbind", &bdf, "--json"]);
+    assert_eq!(code, 1);
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not bound by vm-accel"),
+        "{out}"
+    );
+}
+
+#[test]
+fn restore_returns_every_recorded_device() {
+    let Some((b, bin)) = target("restore_returns_every_recorded_device") else {
+        return;
+    };
+    let _guard = BackToVfio(b);
+    make_unbound(b);
+    let bdf = b.to_string();
+    let (code, out, err) = run(&bin, &["bind", &bdf, "--json", "--allow", "reset"]);
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, out, _) = run(&bin, &["restore", "--dry-run", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(out["record"]["bindings"][0]["target"], bdf.as_str());
+    let (code, out, err) = run(&bin, &["restore", "--json"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert_eq!(out["ok"], true);
+    assert_eq!(sys().driver_state(b).unwrap(), DriverState::default());
+}
