@@ -148,11 +148,22 @@ const SUITES: &[Suite] = &[
     },
     Suite {
         name: "vfio",
-        about: "vm-vfio against a vfio-pci device named by VM_ACCEL_TEST_BDF",
+        about: "vm-vfio (legacy container) against a vfio-pci device named by VM_ACCEL_TEST_BDF",
         needs: &[Cap::Vfio, Cap::Iommu],
         runner: Runner::CargoTest {
             package: "vm-vfio",
-            tests: &["lab_vfio"],
+            tests: &["lab_vfio_legacy"],
+            features: &[],
+        },
+        env: &[],
+    },
+    Suite {
+        name: "vfio-iommufd",
+        about: "vm-vfio (iommufd + cdev) against a vfio-pci device named by VM_ACCEL_TEST_BDF",
+        needs: &[Cap::Vfio, Cap::Iommu, Cap::Iommufd],
+        runner: Runner::CargoTest {
+            package: "vm-vfio",
+            tests: &["lab_vfio_iommufd"],
             features: &[],
         },
         env: &[],
