@@ -17,8 +17,18 @@ fn dma_map_256_mib_one_region_vs_many() {
     let Some((_, sysfs)) = lab_device("dma_map_256_mib_one_region_vs_many") else {
         return;
     };
-    let edu = Edu::open_container(&sysfs);
-    for regions in [1usize, 64, 1024] {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .unwrap_or_else(|_| "n/a".into());
+    report(&format!("BENCH transparent_hugepage: {}", thp.trim()));
+    bench("container", &Edu::open_container(&sysfs));
+    if std::path::Path::new("/dev/iommu").exists() {
+        // A fresh open: the container above was dropped, releasing the group.
+        bench("iommufd", &Edu::open_iommufd(&sysfs));
+    }
+}
+
+fn bench(path: &str, edu: &Edu) {
+    for regions in [1usize, 64, 1024, 4096] {
         let each = TOTAL / regions;
         let ranges: Vec<_> = (0..regions)
             .map(|i| (GuestAddress((i * each) as u64), each))
@@ -45,7 +55,7 @@ fn dma_map_256_mib_one_region_vs_many() {
             v[v.len() / 2]
         };
         report(&format!(
-            "BENCH dma_map total=256MiB regions={regions} region_size={}KiB map_ms_median={:.1} unmap_ms_median={:.1} rounds={ROUNDS}",
+            "BENCH dma_map path={path} total=256MiB regions={regions} region_size={}KiB map_ms_median={:.1} unmap_ms_median={:.1} rounds={ROUNDS}",
             each >> 10,
             med(&mut map_ms),
             med(&mut unmap_ms)

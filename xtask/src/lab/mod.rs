@@ -140,6 +140,7 @@ pub fn run(args: Args) -> Result<()> {
         std::process::id()
     ));
     std::fs::create_dir_all(&run_dir)?;
+    prune_runs(&cache.join("runs"), 10);
     let boot = qemu::Boot {
         kernel: &kernel.image,
         initramfs: &initramfs,
@@ -208,6 +209,7 @@ pub fn run(args: Args) -> Result<()> {
 /// end when the guest never finished, and QEMU's stderr when QEMU itself gave up.
 fn print_failure(outcome: &qemu::Outcome, report: &report::Report) {
     let mut out = std::io::stdout().lock();
+    let mut shown = false;
     for b in report.binaries.iter().filter(|b| !b.ok()) {
         let begin = format!("@@LAB-BEGIN {}", b.name);
         let end = format!("@@LAB-END {} ", b.name);
@@ -219,12 +221,13 @@ fn print_failure(outcome: &qemu::Outcome, report: &report::Report) {
             .position(|l| l.starts_with(&end))
             .map_or(outcome.serial.len(), |i| start + i + 1);
         let from = start.max(stop.saturating_sub(150));
+        shown = true;
         let _ = writeln!(out, "---- guest console: {} ----", b.name);
         for line in &outcome.serial[from..stop] {
             let _ = writeln!(out, "{line}");
         }
     }
-    if !report.done {
+    if !report.done && !shown {
         let from = outcome.serial.len().saturating_sub(40);
         let _ = writeln!(out, "---- last lines of the guest console ----");
         for line in &outcome.serial[from..] {
@@ -232,13 +235,27 @@ fn print_failure(outcome: &qemu::Outcome, report: &report::Report) {
         }
     }
     if outcome.end != qemu::End::Done && !outcome.qemu_stderr.trim().is_empty() {
-        let lines: Vec<&str> = outcome.qemu_stderr.trim_end().lines().collect();
-        let _ = writeln!(out, "---- QEMU stderr ----");
-        for line in &lines[lines.len().saturating_sub(20)..] {
+        // QEMU states why it gave up first; a CPU register dump may follow.
+        let _ = writeln!(out, "---- QEMU stderr (first lines) ----");
+        for line in outcome.qemu_stderr.lines().take(8) {
             let _ = writeln!(out, "{line}");
         }
     }
     let _ = writeln!(out, "----");
+}
+
+/// Keeps the newest `keep` run directories (failed runs and --keep runs accumulate).
+fn prune_runs(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut runs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    // Names start with the Unix time: lexical order is age order for centuries.
+    runs.sort();
+    let excess = runs.len().saturating_sub(keep);
+    for old in &runs[..excess] {
+        let _ = std::fs::remove_dir_all(old);
+    }
 }
 
 fn workspace_root() -> PathBuf {
