@@ -175,3 +175,51 @@ fn restore_returns_every_recorded_device() {
     assert_eq!(out["ok"], true);
     assert_eq!(sys().driver_state(b).unwrap(), DriverState::default());
 }
+
+#[test]
+fn devices_without_a_reset_method_are_refused_unless_allowed() {
+    let Some((_, bin)) = target("devices_without_a_reset_method_are_refused_unless_allowed") else {
+        return;
+    };
+    let mut seen = 0;
+    for b in lab_edu_bdfs() {
+        // An edu on q35's root bus has no FLR, no PM reset and no parent bridge to reset.
+        if Path::new(&format!("/sys/bus/pci/devices/{b}/reset_method")).exists() {
+            continue;
+        }
+        seen += 1;
+        let before = sys().driver_state(b).unwrap();
+        let bdf = b.to_string();
+        let (code, plan, _) = run(&bin, &["bind", &bdf, "--dry-run", "--json"]);
+        assert_eq!(code, 1, "{plan}");
+        assert_eq!(plan["refused"], true);
+        assert!(
+            plan["refusals"]
+                .to_string()
+                .contains("reset: no reset method"),
+            "{plan}"
+        );
+        let (code, out, _) = run(&bin, &["bind", &bdf, "--json"]);
+        assert_eq!(code, 1);
+        assert!(
+            out["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("refusing to bind"),
+            "{out}"
+        );
+        assert_eq!(
+            sys().driver_state(b).unwrap(),
+            before,
+            "a refused bind writes nothing"
+        );
+        let (code, _, _) = run(
+            &bin,
+            &["bind", &bdf, "--dry-run", "--json", "--allow", "reset"],
+        );
+        assert_eq!(code, 0);
+    }
+    report(&format!(
+        "{seen} edu device(s) without a reset method checked"
+    ));
+}

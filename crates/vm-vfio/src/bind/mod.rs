@@ -470,13 +470,7 @@ impl<K: Kernel> Binder<K> {
         failures
     }
 
-    fn outcome(
-        &self,
-        target: Bdf,
-        group: Option<u32>,
-        devices: &[DeviceRecord],
-    ) -> Vec<DeviceOutcome> {
-        let _ = (target, group);
+    fn outcome(&self, devices: &[DeviceRecord]) -> Vec<DeviceOutcome> {
         devices
             .iter()
             .map(|d| DeviceOutcome {
@@ -503,7 +497,7 @@ impl<K: Kernel> Binder<K> {
                 target: bdf,
                 iommu_group: b.iommu_group,
                 changed: false,
-                devices: self.outcome(b.target, b.iommu_group, &b.devices),
+                devices: self.outcome(&b.devices),
                 note: Some(format!(
                     "already bound to vfio-pci by vm-accel (for {})",
                     b.target
@@ -557,7 +551,7 @@ impl<K: Kernel> Binder<K> {
                     target: bdf,
                     iommu_group: plan.iommu_group,
                     changed: true,
-                    devices: self.outcome(bdf, plan.iommu_group, &devices),
+                    devices: self.outcome(&devices),
                     note: None,
                 })
             }
@@ -619,7 +613,7 @@ impl<K: Kernel> Binder<K> {
             target: b.target,
             iommu_group: b.iommu_group,
             changed: true,
-            devices: self.outcome(b.target, b.iommu_group, &b.devices),
+            devices: self.outcome(&b.devices),
             note: None,
         })
     }
