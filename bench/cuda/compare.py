@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
-"""Reads RESULT lines of driver_bench (C) and cuda_bench (Rust) runs, prints the median of
-each metric per side and the Rust/C ratio as a Markdown table."""
+"""Reads the RESULT lines of alternating driver_bench (C) and cuda_bench (Rust) runs
+(files c.N.txt / rust.N.txt, N = round) and prints, per metric, the median of each side,
+the ratio of the medians and the median of the per-round (paired) ratios Rust/C, as a
+Markdown table. Exits 1 if a metric is missing."""
+import os
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -15,10 +19,13 @@ GOALS = {  # metric: (goal text, predicate on the time ratio Rust/C)
     "ptx_load": ("<= 1.05", lambda r: r <= 1.05),
 }
 
-vals = defaultdict(list)
+vals = defaultdict(list)           # (side, metric) -> [values]
+per_round = defaultdict(dict)      # (side, metric) -> {round: value}
 units = {}
 device = None
 for path in sys.argv[1:]:
+    m = re.search(r"\.(\d+)\.txt$", os.path.basename(path))
+    rnd = int(m.group(1)) if m else 0
     for line in open(path):
         if line.startswith("device ") and device is None:
             device = line.split(":", 1)[1].strip()
@@ -26,22 +33,29 @@ for path in sys.argv[1:]:
         if len(parts) == 5 and parts[0] == "RESULT":
             _, side, metric, value, unit = parts
             vals[(side, metric)].append(float(value))
+            per_round[(side, metric)][rnd] = float(value)
             units[metric] = unit
 
+missing = False
 print(f"device: {device}")
-print("| metric | C (median) | Rust (median) | Rust/C time | GB/s C / Rust | goal | met |")
-print("|---|---|---|---|---|---|---|")
+print("| metric | C (median) | Rust (median) | Rust/C (medians) | Rust/C paired: median [min, max] | GB/s C / Rust | goal | met |")
+print("|---|---|---|---|---|---|---|---|")
 for metric, (goal, ok) in GOALS.items():
     c, r = vals.get(("c", metric)), vals.get(("rust", metric))
     if not c or not r:
-        print(f"| {metric} | {c} | {r} | missing | | {goal} | |")
+        print(f"| {metric} | {c} | {r} | missing | | | {goal} | |")
+        missing = True
         continue
     mc, mr = statistics.median(c), statistics.median(r)
     unit = units[metric]
     ratio = mr / mc
+    pc, pr = per_round[("c", metric)], per_round[("rust", metric)]
+    paired = [pr[k] / pc[k] for k in sorted(pc) if k in pr]
+    pmed = statistics.median(paired)
     gbs = ""
     if metric.endswith("_1g"):
         gbs = f"{2**30 / (mc / 1e3) / 1e9:.0f} / {2**30 / (mr / 1e3) / 1e9:.0f}"
-    met = "" if ok is None else ("yes" if ok(ratio) else "NO")
-    print(f"| {metric} | {mc:.4f} {unit} | {mr:.4f} {unit} | {ratio:.3f} | {gbs} | {goal} | {met} |")
-print(f"runs per side: {max(len(v) for v in vals.values()) if vals else 0}")
+    met = "" if ok is None else ("yes" if ok(pmed) else "NO")
+    print(f"| {metric} | {mc:.4f} {unit} | {mr:.4f} {unit} | {ratio:.3f} | {pmed:.3f} [{min(paired):.3f}, {max(paired):.3f}] | {gbs} | {goal} | {met} |")
+print(f"rounds: {max(len(v) for v in vals.values()) if vals else 0} per side, alternating C then Rust")
+sys.exit(1 if missing else 0)

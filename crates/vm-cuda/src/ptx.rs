@@ -179,21 +179,15 @@ impl KernelSignature {
 pub fn parse_entries(ptx: &str) -> Result<Vec<KernelSignature>> {
     let mut lx = Lexer::new(ptx);
     let mut out = Vec::new();
-    let mut depth = 0usize;
     while let Some(tok) = lx.next()? {
         match tok.text {
-            "{" => depth += 1,
-            "}" => {
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or_else(|| err(tok.line, "unbalanced `}`"))?;
-            }
-            ".entry" if depth == 0 => out.push(parse_entry(&mut lx, tok.line)?),
+            // Function bodies and initialisers are most of the text and hold no `.entry`:
+            // skip them at byte speed instead of tokenising them.
+            "{" => lx.skip_block(tok.line)?,
+            "}" => return Err(err(tok.line, "unbalanced `}`")),
+            ".entry" => out.push(parse_entry(&mut lx, tok.line)?),
             _ => {}
         }
-    }
-    if depth != 0 {
-        return Err(err(lx.line, "unterminated `{` block at end of PTX"));
     }
     Ok(out)
 }
@@ -292,11 +286,11 @@ fn parse_param(lx: &mut Lexer<'_>, kernel: &str) -> Result<Param> {
         if !tok.text.starts_with('.') {
             break tok;
         }
-        let parts: Vec<&str> = tok.text[1..].split('.').collect();
-        for (i, part) in parts.iter().enumerate() {
-            match *part {
+        let mut parts = tok.text[1..].split('.').peekable();
+        while let Some(part) = parts.next() {
+            match part {
                 "align" => {
-                    if i + 1 != parts.len() {
+                    if parts.peek().is_some() {
                         return Err(err(tok.line, "`.align` must be followed by a number"));
                     }
                     let n = lx
@@ -440,6 +434,68 @@ impl<'a> Lexer<'a> {
         match self.peeked.take() {
             Some(t) => Ok(Some(t)),
             None => self.lex(),
+        }
+    }
+
+    /// Skips to the `}` closing a `{` just returned by `next`, through nested blocks,
+    /// comments and strings, counting lines.
+    fn skip_block(&mut self, open_line: usize) -> Result<()> {
+        let bytes = self.src.as_bytes();
+        let mut depth = 1usize;
+        if let Some(t) = self.peeked.take() {
+            // Only reachable if a caller peeked past the `{`; account for that token.
+            match t.text {
+                "{" => depth += 1,
+                "}" => return Ok(()),
+                _ => {}
+            }
+        }
+        loop {
+            let rest = bytes.get(self.pos..).unwrap_or(&[]);
+            let Some(skip) = rest
+                .iter()
+                .position(|&c| matches!(c, b'\n' | b'{' | b'}' | b'/' | b'"'))
+            else {
+                self.pos = bytes.len();
+                return Err(err(open_line, "unterminated `{` block"));
+            };
+            self.pos += skip;
+            match bytes.get(self.pos) {
+                Some(b'\n') => {
+                    self.line += 1;
+                    self.pos += 1;
+                }
+                Some(b'{') => {
+                    depth += 1;
+                    self.pos += 1;
+                }
+                Some(b'}') => {
+                    self.pos += 1;
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(());
+                    }
+                }
+                Some(b'/') if matches!(bytes.get(self.pos + 1), Some(b'/' | b'*')) => {
+                    // Comments: reuse the lexer, which skips them and stops at the next token.
+                    let tok = self.lex()?;
+                    match tok {
+                        Some(t) if t.text == "{" => depth += 1,
+                        Some(t) if t.text == "}" => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Ok(());
+                            }
+                        }
+                        Some(_) => {}
+                        None => return Err(err(open_line, "unterminated `{` block")),
+                    }
+                }
+                Some(b'"') => {
+                    self.lex()?;
+                }
+                _ => self.pos += 1,
+            }
         }
     }
 

@@ -50,7 +50,7 @@ struct InfoOutput {
 #[derive(Debug, serde::Serialize)]
 struct CheckOutput<'a> {
     schema: &'static str,
-    passed: bool,
+    /// Carries `passed`, `device`, `checks`, `bandwidth`, ...
     #[serde(flatten)]
     report: &'a HealthReport,
 }
@@ -140,7 +140,6 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
     if g.json {
         print_json(&CheckOutput {
             schema: "vm-accel.cuda-check/v1",
-            passed: report.passed,
             report: &report,
         })?;
     } else {
