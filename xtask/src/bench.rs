@@ -16,7 +16,11 @@ pub struct Args {
 
 fn time_once(cmd: &mut Command) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
     let d = t.elapsed();
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
@@ -32,13 +36,20 @@ fn median(v: &mut [Duration]) -> Duration {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(&cargo).current_dir(&root).args(["build", "--release", "--quiet", "-p", "vm-accel"]).status()?;
+    let st = Command::new(&cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "--quiet", "-p", "vm-accel"])
+        .status()?;
     if !st.success() {
         bail!("building vm-accel failed");
     }
-    let meta = Command::new(&cargo).current_dir(&root).args(["metadata", "--format-version", "1", "--no-deps"]).output()?;
+    let meta = Command::new(&cargo)
+        .current_dir(&root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()?;
     let v: serde_json::Value = serde_json::from_slice(&meta.stdout)?;
-    let bin = PathBuf::from(v["target_directory"].as_str().context("target_directory")?).join("release/vm-accel");
+    let bin = PathBuf::from(v["target_directory"].as_str().context("target_directory")?)
+        .join("release/vm-accel");
     if Command::new("lspci").arg("--version").output().is_err() {
         bail!("lspci not found: apt-get install pciutils");
     }
@@ -61,11 +72,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         a.push(time_once(&mut ours())?);
         b.push(time_once(&mut lspci())?);
     }
-    let devices = std::fs::read_dir("/sys/bus/pci/devices").map(|d| d.count()).unwrap_or(0);
+    let devices = std::fs::read_dir("/sys/bus/pci/devices")
+        .map(|d| d.count())
+        .unwrap_or(0);
     let (ma, mb) = (median(&mut a), median(&mut b));
     println!("host: {devices} PCI devices, {} timed runs each (median wall time, process start included)", args.runs);
     println!("vm-accel list --json : {:>8.3} ms", ma.as_secs_f64() * 1e3);
     println!("lspci -D -nn -k      : {:>8.3} ms", mb.as_secs_f64() * 1e3);
-    println!("ratio vm-accel/lspci : {:.2}", ma.as_secs_f64() / mb.as_secs_f64());
+    println!(
+        "ratio vm-accel/lspci : {:.2}",
+        ma.as_secs_f64() / mb.as_secs_f64()
+    );
     Ok(())
 }
