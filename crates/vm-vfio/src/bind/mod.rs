@@ -418,6 +418,16 @@ impl<K: Kernel> Binder<K> {
     /// it is in now. Idempotent: a device already there gets no writes.
     fn restore_device(&mut self, bdf: Bdf, original: &DriverState) -> Result<(), StepError> {
         let cur = self.read(bdf)?;
+        // Check before any write: a device whose original driver is gone stays where it is
+        // (on vfio-pci: owned, isolated) rather than ending driverless.
+        if let Some(o) = &original.driver {
+            if cur.driver.as_ref() != Some(o) && !self.paths.driver_loaded(o) {
+                return Err(StepError::DriverGone {
+                    bdf,
+                    driver: o.clone(),
+                });
+            }
+        }
         if cur.driver_override != original.driver_override {
             // A lone newline clears the override (`echo > driver_override`); a zero-byte
             // write would never reach the kernel's store function.
@@ -434,12 +444,6 @@ impl<K: Kernel> Binder<K> {
         }
         if let Some(o) = &original.driver {
             if self.read(bdf)?.driver.as_ref() != Some(o) {
-                if !self.paths.driver_loaded(o) {
-                    return Err(StepError::DriverGone {
-                        bdf,
-                        driver: o.clone(),
-                    });
-                }
                 // An explicit bind, not drivers_probe: the device must end on exactly the
                 // driver it had, even if another one would match it first.
                 self.apply(bdf, &KernelOp::write(self.paths.bind(o), bdf.to_string()))?;

@@ -32,6 +32,9 @@ pub struct SimDevice {
     pub driver_override: Option<String>,
     /// The driver the kernel would pick by ID table on a probe without override.
     pub native_driver: Option<String>,
+    /// Other drivers that accept the device on an explicit `bind` (dynamic IDs added with
+    /// `new_id`, e.g. pci-stub), though a probe picks the native one.
+    pub extra_drivers: Vec<String>,
 }
 
 impl SimDevice {
@@ -46,6 +49,7 @@ impl SimDevice {
             driver: driver.map(str::to_string),
             driver_override: None,
             native_driver: driver.map(str::to_string),
+            extra_drivers: Vec::new(),
         }
     }
     /// A PCI-to-PCI bridge bound to pcieport.
@@ -129,10 +133,13 @@ impl SimHost {
         let mut drivers: BTreeSet<String> = self.loaded.clone();
         drivers.extend(self.devices.iter().filter_map(|d| d.driver.clone()));
         drivers.extend(self.devices.iter().filter_map(|d| d.native_driver.clone()));
+        drivers.extend(self.devices.iter().flat_map(|d| d.extra_drivers.clone()));
         let mut native = BTreeMap::new();
+        let mut extra = BTreeMap::new();
         let mut k = SimKernel {
             paths,
             native: BTreeMap::new(),
+            extra: BTreeMap::new(),
             available: self.available.clone(),
             step: 0,
             faults: BTreeMap::new(),
@@ -191,11 +198,13 @@ impl SimHost {
                 )?;
             }
             native.insert(d.bdf, d.native_driver.clone());
+            extra.insert(d.bdf, d.extra_drivers.clone());
             if let Some(drv) = &d.driver {
                 k.link(d.bdf, drv)?;
             }
         }
         k.native = native;
+        k.extra = extra;
         Ok(k)
     }
 }
@@ -229,6 +238,7 @@ fn resource_file() -> String {
 pub struct SimKernel {
     paths: Paths,
     native: BTreeMap<Bdf, Option<String>>,
+    extra: BTreeMap<Bdf, Vec<String>>,
     available: BTreeSet<String>,
     step: usize,
     faults: BTreeMap<usize, Fault>,
@@ -306,7 +316,13 @@ impl SimKernel {
         let (_, ov) = self.current(bdf)?;
         Ok(match ov {
             Some(o) => o == drv,
-            None => self.native.get(&bdf).cloned().flatten().as_deref() == Some(drv),
+            None => {
+                self.native.get(&bdf).cloned().flatten().as_deref() == Some(drv)
+                    || self
+                        .extra
+                        .get(&bdf)
+                        .is_some_and(|e| e.iter().any(|x| x == drv))
+            }
         })
     }
 

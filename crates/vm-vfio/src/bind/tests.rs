@@ -362,6 +362,49 @@ fn crash_after_partial_bind_is_restored_from_the_record() {
 }
 
 #[test]
+fn an_unloaded_original_driver_leaves_the_device_on_vfio_pci_until_restore() {
+    let mut h = host(gpu_host());
+    let before = h.snapshot();
+    h.binder.prepare(bdf("0000:41:00.0")).unwrap();
+    // The audio driver's module is unloaded meanwhile.
+    let drv = h.binder.paths().driver_dir("snd_hda_intel");
+    let saved = h._dir.path().join("snd_hda_intel.saved");
+    std::fs::rename(&drv, &saved).unwrap();
+    let e = h.binder.release(bdf("0000:41:00.0")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("original driver snd_hda_intel is no longer registered"),
+        "{e}"
+    );
+    // Not driverless: still on vfio-pci, with its override; the GPU went back.
+    assert_eq!(
+        h.state("0000:41:00.1"),
+        st(Some("vfio-pci"), Some("vfio-pci"))
+    );
+    assert_eq!(h.state("0000:41:00.0"), st(Some("nvidia"), None));
+    // Module back: restore finishes.
+    std::fs::rename(&saved, &drv).unwrap();
+    for r in h.binder.restore().unwrap() {
+        r.unwrap();
+    }
+    assert_eq!(h.snapshot(), before);
+}
+
+#[test]
+fn release_rebinds_the_exact_driver_not_whatever_probes_first() {
+    // Held by pci-stub (through new_id) although nvidia is what a probe would pick.
+    let mut d = SimDevice::endpoint("0000:41:00.0", 5, Some("pci-stub"));
+    d.native_driver = Some("nvidia".into());
+    d.extra_drivers = vec!["pci-stub".into()];
+    let mut h = host(SimHost::new().device(d));
+    let before = h.snapshot();
+    h.binder.prepare(bdf("0000:41:00.0")).unwrap();
+    h.binder.release(bdf("0000:41:00.0")).unwrap();
+    assert_eq!(h.state("0000:41:00.0").driver.as_deref(), Some("pci-stub"));
+    assert_eq!(h.snapshot(), before);
+}
+
+#[test]
 fn lock_excludes_a_second_binder() {
     let mut h = host(gpu_host());
     let store = h.binder.store().clone();
