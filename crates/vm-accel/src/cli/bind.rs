@@ -591,6 +591,34 @@ sysfs writes, in order (each followed by a read-back):
     }
 
     #[test]
+    fn outcome_in_words() {
+        use vm_vfio::bind::{DeviceOutcome, DriverState};
+        let o = Outcome {
+            target: "0000:41:00.0".parse().unwrap(),
+            iommu_group: Some(5),
+            changed: true,
+            devices: vec![DeviceOutcome {
+                bdf: "0000:41:00.0".parse().unwrap(),
+                before: DriverState {
+                    driver: Some("nvidia".into()),
+                    driver_override: None,
+                },
+                after: DriverState {
+                    driver: Some("vfio-pci".into()),
+                    driver_override: Some("vfio-pci".into()),
+                },
+            }],
+            note: None,
+        };
+        let mut out = Vec::new();
+        print_outcome(&mut out, "bound to vfio-pci", &o).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "0000:41:00.0 bound to vfio-pci (IOMMU group 5):\n  0000:41:00.0  nvidia -> vfio-pci [override vfio-pci]\n"
+        );
+    }
+
+    #[test]
     fn bad_bdf_is_a_usage_error() {
         let e =
             super::super::Cli::try_parse_from(["vm-accel", "bind", "0000:00:20.0"]).unwrap_err();
