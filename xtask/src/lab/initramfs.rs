@@ -48,10 +48,7 @@ pub fn build(cache: &Path, inputs: &Inputs<'_>) -> Result<PathBuf> {
         return Ok(out);
     }
     std::fs::create_dir_all(&dir)?;
-    // Keep only the newest archive: each is a few MiB.
-    for old in std::fs::read_dir(&dir)?.flatten() {
-        let _ = std::fs::remove_file(old.path());
-    }
+    prune(&dir, 4);
     let mut cpio = Cpio::default();
     for d in [
         "bin",
@@ -82,11 +79,28 @@ pub fn build(cache: &Path, inputs: &Inputs<'_>) -> Result<PathBuf> {
         let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
         cpio.file(guest, &data, *mode);
     }
-    let tmp = out.with_extension("tmp");
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, cpio.finish()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &out)?;
     log::info!("initramfs built: {}", out.display());
     Ok(out)
+}
+
+/// Keeps the `keep` newest archives (a few MiB each). Not just the newest one: another lab
+/// run may be about to boot the one before.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort();
+    let excess = files.len().saturating_sub(keep);
+    for (_, old) in &files[..excess] {
+        let _ = std::fs::remove_file(old);
+    }
 }
 
 /// (path in the guest, path on the host, mode) of every copied file.
