@@ -573,6 +573,11 @@ fn page_size() -> u64 {
 }
 
 /// DMA mappings made by one call; unmapped exactly, in reverse, when dropped.
+///
+/// The mappings belong to the [`IommuContext`], not to one device: they serve every device
+/// of the context. Drop them before the context's last legacy device: closing the last
+/// group tears the type1 IOMMU down with its mappings, and a later unmap can only fail
+/// (logged). An iommufd IOAS lives as long as the context.
 pub struct DmaMapping {
     ctx: Arc<IommuContext>,
     device: String,

@@ -496,6 +496,53 @@ pub fn edu_dma_and_msi(test: &str, kind: BackendKind) {
     ));
 }
 
+/// Two devices in one context (one container or IOAS): guest memory mapped once serves
+/// both, and a second map of it through the other device is refused (EEXIST), not doubled.
+pub fn two_devices_share_one_context(test: &str, kind: BackendKind) {
+    let Some(_) = device_under_test(test) else {
+        return;
+    };
+    let edus = lab_edu_bdfs();
+    if edus.len() < 2 {
+        report("fewer than two devices: nothing to share");
+        return;
+    }
+    let ctx = vm_vfio::access::IommuContext::open(kind).unwrap();
+    let a = Device::open(&sys(), edus[0], &ctx).unwrap();
+    let b = Device::open(&sys(), edus[1], &ctx).unwrap();
+    assert_ne!(
+        a.iommu_group(),
+        b.iommu_group(),
+        "two groups in one context"
+    );
+    let mem = guest_memory();
+    // SAFETY: guest memory is only accessed through vm-memory's volatile accessors.
+    let mapping = unsafe { a.map_guest_memory(&mem) }.unwrap();
+    // SAFETY: as above.
+    let e = unsafe { b.map_guest_memory(&mem) }.unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EEXIST), "{e}");
+    if is_edu(&b) {
+        b.enable_bus_master().unwrap();
+        let bar = EduBar::new(&b);
+        let src = GuestAddress(0x4000);
+        let dst = GuestAddress((16 << 20) + 0x8000);
+        mem.write_slice(&[0xc3; 512], src).unwrap();
+        bar.dma(src.0, 0x100, 512, false, false);
+        bar.dma(dst.0, 0x100, 512, true, false);
+        let mut back = [0u8; 512];
+        mem.read_slice(&mut back, dst).unwrap();
+        assert_eq!(
+            back, [0xc3; 512],
+            "device B used the mapping made through device A"
+        );
+    }
+    mapping.unmap().unwrap();
+    report(&format!(
+        "{} and {} shared one {} context",
+        edus[0], edus[1], kind
+    ));
+}
+
 /// Generates the suite for one backend.
 #[macro_export]
 macro_rules! vfio_suite {
@@ -539,6 +586,10 @@ macro_rules! vfio_suite {
         #[test]
         fn reset_and_hot_reset_info() {
             lab_common::reset_and_hot_reset_info("reset_and_hot_reset_info", $kind)
+        }
+        #[test]
+        fn two_devices_share_one_context() {
+            lab_common::two_devices_share_one_context("two_devices_share_one_context", $kind)
         }
         #[test]
         fn edu_dma_and_msi() {
