@@ -123,6 +123,8 @@ impl Availability {
 /// Every device opened with the same context shares its DMA mappings.
 pub struct IommuContext {
     kind: BackendKind,
+    /// (IOVA, length) of every live mapping made through vm-vfio in this context.
+    live: std::sync::Mutex<Vec<(super::dma::Iova, u64)>>,
     container: Option<Arc<VfioContainer>>,
     #[cfg(feature = "iommufd")]
     iommufd: Option<Arc<vfio_ioctls::VfioIommufd>>,
@@ -149,6 +151,7 @@ impl IommuContext {
                 let c = VfioContainer::new(None).map_err(|e| err("open /dev/vfio/vfio", e))?;
                 Ok(Arc::new(IommuContext {
                     kind,
+                    live: Default::default(),
                     container: Some(Arc::new(c)),
                     #[cfg(feature = "iommufd")]
                     iommufd: None,
@@ -165,6 +168,7 @@ impl IommuContext {
                     .map_err(|e| err("allocate an IOAS", e))?;
                 Ok(Arc::new(IommuContext {
                     kind,
+                    live: Default::default(),
                     container: None,
                     iommufd: Some(Arc::new(v)),
                 }))
@@ -236,6 +240,16 @@ impl IommuContext {
     pub(crate) fn dma_unmap(&self, iova: u64, len: u64) -> vfio_ioctls::Result<()> {
         let len = usize::try_from(len).map_err(|_| vfio_ioctls::VfioError::InvalidDmaUnmapSize)?;
         self.ops().vfio_dma_unmap(iova, len)
+    }
+
+    /// The live-mapping list (held across check + map so two threads cannot both pass).
+    pub(crate) fn live(&self) -> std::sync::MutexGuard<'_, Vec<(super::dma::Iova, u64)>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What vm-vfio has mapped in this context and not unmapped yet.
+    pub fn live_mappings(&self) -> Vec<(super::dma::Iova, u64)> {
+        self.live().clone()
     }
 }
 

@@ -13,7 +13,7 @@ use vm_pci::Bdf;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{Availability, BackendChoice, BackendKind, IommuContext};
-use super::dma::{Gpa, Iova, IovaSpace, Reserved};
+use super::dma::{check_against_live, Gpa, Iova, IovaSpace, Reserved};
 use super::error::{Error, Result};
 use super::irq::{IrqIndex, IrqInfo, IrqSet};
 use super::region::{msix_holes, Area, RegionIndex, RegionInfo};
@@ -415,11 +415,14 @@ impl Device {
         }
         let space = self.iova_space()?;
         let maps: Vec<(Iova, u64)> = plan.iter().map(|&(i, l, _)| (i, l)).collect();
-        space.check_all(&maps).map_err(|source| Error::MapRefused {
+        let refused = |source| Error::MapRefused {
             device: self.bdf.to_string(),
             op: "map guest memory".into(),
             source,
-        })?;
+        };
+        space.check_all(&maps).map_err(refused)?;
+        let mut live = self.ctx.live();
+        check_against_live(&live, &maps).map_err(refused)?;
         let mut mapping = DmaMapping {
             ctx: self.ctx.clone(),
             device: self.bdf.to_string(),
@@ -429,13 +432,21 @@ impl Device {
         for (iova, len, host) in plan {
             // SAFETY: the region stays mapped while `mapping` holds the clone of `mem`;
             // reference rules are the caller's contract.
-            unsafe { self.ctx.dma_map(iova.raw(), len, host) }.map_err(|source| Error::Vfio {
-                device: self.bdf.to_string(),
-                op: format!("DMA map {iova} + {len:#x}"),
-                source,
-            })?;
+            if let Err(source) = unsafe { self.ctx.dma_map(iova.raw(), len, host) } {
+                // Release the list first: dropping `mapping` undoes the maps made so far
+                // and takes the lock to forget them.
+                drop(live);
+                drop(mapping);
+                return Err(Error::Vfio {
+                    device: self.bdf.to_string(),
+                    op: format!("DMA map {iova} + {len:#x}"),
+                    source,
+                });
+            }
             mapping.maps.push((iova, len));
+            live.push((iova, len));
         }
+        drop(live);
         Ok(mapping)
     }
 
@@ -445,19 +456,22 @@ impl Device {
     /// `[host, host+len)` must stay mapped and unreferenced by Rust until the returned
     /// mapping is dropped.
     pub unsafe fn map_dma(&self, iova: Iova, len: u64, host: *mut u8) -> Result<DmaMapping> {
-        self.iova_space()?
-            .check(iova, len)
-            .map_err(|source| Error::MapRefused {
-                device: self.bdf.to_string(),
-                op: "DMA map".into(),
-                source,
-            })?;
+        let refused = |source| Error::MapRefused {
+            device: self.bdf.to_string(),
+            op: "DMA map".into(),
+            source,
+        };
+        self.iova_space()?.check(iova, len).map_err(refused)?;
+        let mut live = self.ctx.live();
+        check_against_live(&live, &[(iova, len)]).map_err(refused)?;
         // SAFETY: forwarded from the caller.
         unsafe { self.ctx.dma_map(iova.raw(), len, host) }.map_err(|source| Error::Vfio {
             device: self.bdf.to_string(),
             op: format!("DMA map {iova} + {len:#x}"),
             source,
         })?;
+        live.push((iova, len));
+        drop(live);
         Ok(DmaMapping {
             ctx: self.ctx.clone(),
             device: self.bdf.to_string(),
@@ -604,6 +618,9 @@ impl DmaMapping {
     fn unmap_all(&mut self) -> Vec<Error> {
         let mut errs = Vec::new();
         while let Some((iova, len)) = self.maps.pop() {
+            // Forgotten even when the unmap fails: the kernel no longer has it either (a torn
+            // down container) or it is unrecoverable here; the error is reported.
+            self.ctx.live().retain(|m| *m != (iova, len));
             if let Err(source) = self.ctx.dma_unmap(iova.raw(), len) {
                 errs.push(Error::Vfio {
                     device: self.device.clone(),

@@ -123,8 +123,15 @@ pub enum MapRefused {
         kind: String,
         range: IovaRange,
     },
-    #[error("{iova} + {len:#x} overlaps an earlier map at {other} + {other_len:#x}")]
+    #[error("{iova} + {len:#x} overlaps {other} + {other_len:#x} of the same request")]
     Overlap {
+        iova: Iova,
+        len: u64,
+        other: Iova,
+        other_len: u64,
+    },
+    #[error("{iova} + {len:#x} overlaps {other} + {other_len:#x}, already mapped in this IOMMU context (map guest memory once per context, not once per device)")]
+    AlreadyMapped {
         iova: Iova,
         len: u64,
         other: Iova,
@@ -190,6 +197,27 @@ impl IovaSpace {
         }
         Ok(())
     }
+}
+
+/// Checks new maps against those already live in the same IOMMU context: a second map of an
+/// IOVA (the EEXIST users hit when several devices map the same guest RAM) is refused with
+/// both ranges named, before the kernel is asked.
+pub fn check_against_live(live: &[(Iova, u64)], new: &[(Iova, u64)]) -> Result<(), MapRefused> {
+    for &(iova, len) in new {
+        let end = iova.0.saturating_add(len.saturating_sub(1));
+        if let Some(&(other, other_len)) = live
+            .iter()
+            .find(|&&(o, ol)| iova.0 <= o.0.saturating_add(ol.saturating_sub(1)) && end >= o.0)
+        {
+            return Err(MapRefused::AlreadyMapped {
+                iova,
+                len,
+                other,
+                other_len,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Parses the IOVA-range capability of `VFIO_IOMMU_GET_INFO` out of the info buffer:
@@ -279,6 +307,29 @@ mod tests {
             .check_all(&[(Iova(0x2000), 0x2000), (Iova(0), 0x3000)])
             .unwrap_err();
         assert!(matches!(e, MapRefused::Overlap { .. }), "{e}");
+    }
+
+    #[test]
+    fn maps_already_live_in_the_context_are_refused() {
+        let live = [(Iova(0), 0x10_0000), (Iova(0x100_0000), 0x20_0000)];
+        check_against_live(&live, &[(Iova(0x10_0000), 0x1000)]).unwrap();
+        let e = check_against_live(
+            &live,
+            &[(Iova(0x10_0000), 0x1000), (Iova(0x110_0000), 0x1000)],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MapRefused::AlreadyMapped {
+                    other: Iova(0x100_0000),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("once per context"), "{e}");
+        check_against_live(&[], &[(Iova(0), 1)]).unwrap();
     }
 
     #[test]
