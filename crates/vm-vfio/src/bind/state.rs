@@ -157,18 +157,16 @@ pub fn parse_override(s: &str) -> Option<String> {
     (!t.is_empty() && t != "(null)").then(|| t.to_string())
 }
 
+/// Resolves a sysfs link with vm-pci's reader (symlinks, and captures' link-as-file).
 fn resolve_link(link: &Path) -> io::Result<PathBuf> {
-    let meta = std::fs::symlink_metadata(link)?;
-    if meta.is_dir() {
-        return Ok(link.to_path_buf());
-    }
-    let target = if meta.file_type().is_symlink() {
-        std::fs::read_link(link)?
-    } else {
-        PathBuf::from(std::fs::read_to_string(link)?.trim())
-    };
-    let base = link.parent().unwrap_or(Path::new("/"));
-    Ok(normalize(&base.join(target)))
+    vm_pci::SysfsRoot::new("/").read_link(link).map_err(|e| {
+        let kind = if e.is_not_found() {
+            io::ErrorKind::NotFound
+        } else {
+            io::ErrorKind::InvalidData
+        };
+        io::Error::new(kind, e.to_string())
+    })
 }
 
 /// The last component of a link's target; `None` when the link is absent.
@@ -176,23 +174,8 @@ fn link_name(link: &Path) -> io::Result<Option<String>> {
     match resolve_link(link) {
         Ok(p) => Ok(p.file_name().map(|n| n.to_string_lossy().into_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", link.display()))),
+        Err(e) => Err(e),
     }
-}
-
-fn normalize(p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// True for base class 0x06 (host, ISA, PCI-to-PCI... bridges): they stay with their
