@@ -179,7 +179,9 @@ fn print_outcome(out: &mut dyn Write, verb: &str, o: &Outcome) -> anyhow::Result
             "  {}  {} -> {}",
             d.bdf,
             state_word(&d.before),
-            state_word(&d.after)
+            d.after
+                .as_ref()
+                .map_or_else(|| "(gone from the bus)".to_string(), state_word)
         )?;
     }
     if let Some(n) = &o.note {
@@ -603,10 +605,10 @@ sysfs writes, in order (each followed by a read-back):
                     driver: Some("nvidia".into()),
                     driver_override: None,
                 },
-                after: DriverState {
+                after: Some(DriverState {
                     driver: Some("vfio-pci".into()),
                     driver_override: Some("vfio-pci".into()),
-                },
+                }),
             }],
             note: None,
         };

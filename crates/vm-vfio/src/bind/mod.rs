@@ -163,7 +163,8 @@ impl BindPlan {
 pub struct DeviceOutcome {
     pub bdf: Bdf,
     pub before: DriverState,
-    pub after: DriverState,
+    /// `None` when the device is no longer on the bus.
+    pub after: Option<DriverState>,
 }
 
 /// What `prepare`/`release` did.
@@ -417,6 +418,14 @@ impl<K: Kernel> Binder<K> {
     /// Puts one device back on `original` (driver and driver_override), from whatever state
     /// it is in now. Idempotent: a device already there gets no writes.
     fn restore_device(&mut self, bdf: Bdf, original: &DriverState) -> Result<(), StepError> {
+        // A device removed since (hot-unplug, SR-IOV VFs disabled) has nothing left to
+        // restore; when it comes back the kernel probes it afresh.
+        if let Err(e) = self.paths.device_dir(bdf) {
+            if e.kind() == io::ErrorKind::NotFound {
+                log::warn!("{bdf} is gone from the bus; nothing to restore");
+                return Ok(());
+            }
+        }
         let cur = self.read(bdf)?;
         // Check before any write: a device whose original driver is gone stays where it is
         // (on vfio-pci: owned, isolated) rather than ending driverless.
@@ -480,7 +489,7 @@ impl<K: Kernel> Binder<K> {
             .map(|d| DeviceOutcome {
                 bdf: d.bdf,
                 before: d.original.clone(),
-                after: self.paths.driver_state(d.bdf).unwrap_or_default(),
+                after: self.paths.driver_state(d.bdf).ok(),
             })
             .collect()
     }

@@ -405,6 +405,23 @@ fn release_rebinds_the_exact_driver_not_whatever_probes_first() {
 }
 
 #[test]
+fn a_device_removed_since_binding_does_not_block_restore() {
+    let mut h = host(gpu_host());
+    h.binder.prepare(bdf("0000:41:00.0")).unwrap();
+    // The audio function is hot-unplugged.
+    let link = h.binder.paths().device(bdf("0000:41:00.1"));
+    std::fs::remove_file(link).unwrap();
+    let out = h.binder.release(bdf("0000:41:00.0")).unwrap();
+    assert_eq!(out.devices.len(), 2);
+    assert!(
+        out.devices.iter().any(|d| d.after.is_none()),
+        "the gone device has no state"
+    );
+    assert_eq!(h.state("0000:41:00.0"), st(Some("nvidia"), None));
+    assert!(h.binder.record().unwrap().bindings.is_empty());
+}
+
+#[test]
 fn lock_excludes_a_second_binder() {
     let mut h = host(gpu_host());
     let store = h.binder.store().clone();
