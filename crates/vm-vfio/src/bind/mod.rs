@@ -195,6 +195,10 @@ pub fn vm_pci_readiness_allowing(allowed: Vec<String>) -> ReadinessHook {
     Box::new(move |paths, bdf| vm_pci_readiness_failures(paths, bdf, &allowed))
 }
 
+/// Failures no `--allow` can accept: without an IOMMU or without vfio-pci there is nothing
+/// to bind to.
+const NOT_ALLOWABLE: &[&str] = &["iommu_enabled", "vfio_modules"];
+
 fn vm_pci_readiness_failures(paths: &Paths, bdf: Bdf, allowed: &[String]) -> Vec<String> {
     use vm_pci::{readiness, Inventory, Level, SysfsRoot};
     let root = SysfsRoot::new(paths.root());
@@ -211,7 +215,7 @@ fn vm_pci_readiness_failures(paths: &Paths, bdf: Bdf, allowed: &[String]) -> Vec
         .into_iter()
         .filter(|c| c.level == Level::Fail && !matches!(c.id, "iommu_group" | "endpoint"))
         .filter(|c| {
-            let ok = allowed.iter().any(|a| a == c.id);
+            let ok = !NOT_ALLOWABLE.contains(&c.id) && allowed.iter().any(|a| a == c.id);
             if ok {
                 log::warn!(
                     "{bdf}: readiness check {} failed but is allowed: {}",
@@ -221,7 +225,13 @@ fn vm_pci_readiness_failures(paths: &Paths, bdf: Bdf, allowed: &[String]) -> Vec
             }
             !ok
         })
-        .map(|c| format!("{}: {} (allow with --allow {})", c.id, c.message, c.id))
+        .map(|c| {
+            if NOT_ALLOWABLE.contains(&c.id) {
+                format!("{}: {}", c.id, c.message)
+            } else {
+                format!("{}: {} (allow with --allow {})", c.id, c.message, c.id)
+            }
+        })
         .collect()
 }
 

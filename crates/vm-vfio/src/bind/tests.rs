@@ -191,6 +191,23 @@ fn readiness_checks_of_vm_pci_refuse() {
         "{e}"
     );
     assert_eq!(h.binder.kernel_mut().steps(), 0);
+    // An operator can accept a named failure, and only that one.
+    let Host { _dir, binder, .. } = h;
+    let mut b = binder.with_readiness(Some(vm_pci_readiness_allowing(vec!["reset".into()])));
+    assert!(b.prepare(bdf("0000:41:00.0")).is_err());
+    let allow = vec!["interrupt_remapping".into(), "iommu_enabled".into()];
+    let mut b = b.with_readiness(Some(vm_pci_readiness_allowing(allow)));
+    b.prepare(bdf("0000:41:00.0")).unwrap();
+    // Some failures cannot be allowed: with no IOMMU there is nothing to bind to.
+    let root = b.paths().root().to_path_buf();
+    std::fs::remove_dir_all(root.join("class/iommu")).unwrap();
+    std::fs::remove_dir_all(root.join("kernel/iommu_groups")).unwrap();
+    std::fs::create_dir_all(root.join("kernel/iommu_groups")).unwrap();
+    let nic = b.paths().device_dir(bdf("0000:42:00.0")).unwrap();
+    std::fs::remove_file(nic.join("iommu_group")).unwrap();
+    let e = b.plan(bdf("0000:42:00.0")).unwrap().refusals.join("; ");
+    assert!(e.contains("iommu_enabled: no IOMMU"), "{e}");
+    assert!(!e.contains("--allow iommu_enabled"), "{e}");
 }
 
 #[test]
