@@ -11,6 +11,7 @@ from collections import defaultdict
 
 GOALS = {  # metric: (goal text, predicate on the time ratio Rust/C)
     "launch_empty": ("<= 1.03", lambda r: r <= 1.03),
+    "launch_empty_sync": ("-", None),
     "launch_4param": ("<= 1.03", lambda r: r <= 1.03),
     "d2d_sync_1g": ("bandwidth >= 0.99 (time <= 1.0101)", lambda r: r <= 1 / 0.99),
     "d2d_async_1g": ("bandwidth >= 0.99 (time <= 1.0101)", lambda r: r <= 1 / 0.99),
@@ -57,5 +58,22 @@ for metric, (goal, ok) in GOALS.items():
         gbs = f"{2**30 / (mc / 1e3) / 1e9:.0f} / {2**30 / (mr / 1e3) / 1e9:.0f}"
     met = "" if ok is None else ("yes" if ok(pmed) else "NO")
     print(f"| {metric} | {mc:.4f} {unit} | {mr:.4f} {unit} | {ratio:.3f} | {pmed:.3f} [{min(paired):.3f}, {max(paired):.3f}] | {gbs} | {goal} | {met} |")
+print()
+print("In-process overhead of vm-cuda's checked call over the raw driver call (same process,")
+print("interleaved reps; Rust side only):")
+print()
+print("| metric | raw driver call (median) | vm-cuda (median) | vm-cuda/raw per round: median [min, max] |")
+print("|---|---|---|---|")
+for metric in GOALS:
+    pr, pw = per_round.get(("rust", metric)), per_round.get(("rust", metric + "_raw"))
+    if not pr or not pw:
+        continue
+    ratios = [pr[k] / pw[k] for k in sorted(pr) if k in pw]
+    unit = units[metric]
+    print(f"| {metric} | {statistics.median(pw.values()):.4f} {unit} | {statistics.median(pr.values()):.4f} {unit} | "
+          f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}] |")
+if ("rust", "ptx_parse") in vals:
+    print(f"\nPTX signature parsing alone (bench.ptx): {statistics.median(vals[('rust', 'ptx_parse')]) * 1e3:.2f} us")
+print()
 print(f"rounds: {max(len(v) for v in vals.values()) if vals else 0} per side, alternating C then Rust")
 sys.exit(1 if missing else 0)

@@ -4,12 +4,17 @@
 //! Run through bench/cuda/run.sh, which alternates this with the C program and prints the
 //! Rust/C ratios. Output: `RESULT rust <metric> <value> <unit>` lines.
 
+use std::ffi::c_void;
+use std::ptr::null_mut;
 use std::time::Instant;
 
+use cust::sys as cu;
 use vm_cuda::*;
 
 const PTX: &str = include_str!("../kernels/bench.ptx");
 const LAUNCHES: u32 = 100_000;
+/// Launches per timed batch: fits the driver's launch queue, so enqueueing never waits.
+const BATCH: u32 = 1000;
 const REPS: usize = 7;
 const GIB: usize = 1 << 30;
 
@@ -20,6 +25,32 @@ fn median(mut v: Vec<f64>) -> f64 {
         v[n / 2]
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Per-launch host time of `f` over LAUNCHES launches, in batches of BATCH (the queue is
+/// drained between batches, untimed).
+fn batched(stream: &Stream, mut f: impl FnMut() -> vm_cuda::Result<()>) -> vm_cuda::Result<f64> {
+    let mut busy = 0.0;
+    for _ in 0..LAUNCHES / BATCH {
+        let t0 = Instant::now();
+        for _ in 0..BATCH {
+            f()?;
+        }
+        busy += t0.elapsed().as_secs_f64();
+        stream.synchronize()?;
+    }
+    Ok(busy / f64::from(LAUNCHES) * 1e6)
+}
+
+fn check_raw(r: cu::CUresult) -> vm_cuda::Result<()> {
+    if r == cu::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(vm_cuda::Error::Driver {
+            operation: "raw driver call",
+            code: vm_cuda::DriverCode(r as u32),
+        })
     }
 }
 
@@ -46,6 +77,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         empty.launch(&stream, &one, &none)?;
     }
     stream.synchronize()?;
+    // Host-side cost only: batches that fit the launch queue, only the enqueueing timed.
+    // Each rep also times the same batches through the raw driver call from this process
+    // (no checks): checked/raw is vm-cuda's own overhead, free of process-to-process noise.
+    let mut t = Vec::new();
+    let mut raw = Vec::new();
+    for _ in 0..REPS {
+        t.push(batched(&stream, || empty.launch(&stream, &one, &none))?);
+        raw.push(batched(&stream, || {
+            // SAFETY: live function and stream handles of the current context; `empty`
+            // takes no parameters.
+            check_raw(unsafe {
+                cu::cuLaunchKernel(
+                    empty.as_raw(),
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    1,
+                    0,
+                    stream.as_raw(),
+                    null_mut(),
+                    null_mut(),
+                )
+            })
+        })?);
+    }
+    report("launch_empty_raw", median(raw), "us");
+    report("launch_empty", median(t), "us");
+    // Throughput: 100k launches back to back, then the wait.
     let mut t = Vec::new();
     for _ in 0..REPS {
         let t0 = Instant::now();
@@ -55,7 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         stream.synchronize()?;
         t.push(t0.elapsed().as_secs_f64() / f64::from(LAUNCHES) * 1e6);
     }
-    report("launch_empty", median(t), "us");
+    report("launch_empty_sync", median(t), "us");
 
     // Launch with four parameters (checked against the PTX signature every launch).
     let d_out = DeviceBuffer::<f32>::zeroed(&ctx, 1024)?;
@@ -70,15 +131,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         four.launch(&stream, &warp, &args)?;
     }
     stream.synchronize()?;
+    let (mut p_out, mut p_in, mut p_n, mut p_a) =
+        (d_out.device_ptr(), d_in.device_ptr(), 0u32, 2.0f32);
+    let mut raw_params: [*mut c_void; 4] = [
+        (&mut p_out as *mut u64).cast(),
+        (&mut p_in as *mut u64).cast(),
+        (&mut p_n as *mut u32).cast(),
+        (&mut p_a as *mut f32).cast(),
+    ];
     let mut t = Vec::new();
+    let mut raw = Vec::new();
     for _ in 0..REPS {
-        let t0 = Instant::now();
-        for _ in 0..LAUNCHES {
-            four.launch(&stream, &warp, &args)?;
-        }
-        stream.synchronize()?;
-        t.push(t0.elapsed().as_secs_f64() / f64::from(LAUNCHES) * 1e6);
+        t.push(batched(&stream, || four.launch(&stream, &warp, &args))?);
+        raw.push(batched(&stream, || {
+            // SAFETY: live handles; four pointers to values of the kernel's parameter types.
+            check_raw(unsafe {
+                cu::cuLaunchKernel(
+                    four.as_raw(),
+                    1,
+                    1,
+                    1,
+                    32,
+                    1,
+                    1,
+                    0,
+                    stream.as_raw(),
+                    raw_params.as_mut_ptr(),
+                    null_mut(),
+                )
+            })
+        })?);
     }
+    report("launch_4param_raw", median(raw), "us");
     report("launch_4param", median(t), "us");
 
     // D2D 1 GiB, synchronous: complete on return.
@@ -136,13 +220,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..3 {
         drop(Module::from_ptx(&ctx, PTX, &JitOptions::default())?);
     }
+    let mut log = vec![0u8; 16 * 1024];
     let mut t = Vec::new();
+    let mut raw = Vec::new();
+    let image = std::ffi::CString::new(PTX)?;
     for _ in 0..31 {
         let t0 = Instant::now();
         let m = Module::from_ptx(&ctx, PTX, &JitOptions::default())?;
         t.push(t0.elapsed().as_secs_f64() * 1e3);
         drop(m);
+        // The same load through the raw driver call, with the same options.
+        let mut opts = [
+            cu::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
+            cu::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+        ];
+        let mut vals: [*mut c_void; 2] = [
+            log.as_mut_ptr().cast(),
+            std::ptr::without_provenance_mut(log.len()),
+        ];
+        let mut module: cu::CUmodule = null_mut();
+        let t0 = Instant::now();
+        // SAFETY: NUL-terminated PTX, two options with their values, a live log buffer.
+        check_raw(unsafe {
+            cu::cuModuleLoadDataEx(
+                &mut module,
+                image.as_ptr().cast(),
+                2,
+                opts.as_mut_ptr(),
+                vals.as_mut_ptr(),
+            )
+        })?;
+        raw.push(t0.elapsed().as_secs_f64() * 1e3);
+        // SAFETY: loaded just above.
+        check_raw(unsafe { cu::cuModuleUnload(module) })?;
     }
+    report("ptx_load_raw", median(raw), "ms");
+    let n = 10_000;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(vm_cuda::ptx::parse_entries(std::hint::black_box(PTX))?);
+    }
+    report(
+        "ptx_parse",
+        t0.elapsed().as_secs_f64() / f64::from(n) * 1e3,
+        "ms",
+    );
     report("ptx_load", median(t), "ms");
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_int, c_uint, c_void, CString};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::args::KernelArgs;
 use crate::context::Context;
@@ -42,7 +42,9 @@ impl Default for JitOptions {
 struct ModuleInner {
     ctx: Context,
     raw: sys::CUmodule,
-    signatures: std::result::Result<Vec<KernelSignature>, (usize, String)>,
+    /// The PTX text (kept for the signatures, parsed on the first kernel lookup).
+    image: CString,
+    signatures: OnceLock<std::result::Result<Vec<KernelSignature>, (usize, String)>>,
     info_log: String,
 }
 
@@ -88,10 +90,6 @@ impl Module {
             operation: "cuModuleLoadDataEx",
             reason: "PTX text contains a NUL byte".into(),
         })?;
-        let signatures = parse_entries(ptx).map_err(|e| match e {
-            Error::Ptx { line, message } => (line, message),
-            other => (0, other.to_string()),
-        });
 
         let log_bytes = opts.log_bytes.clamp(256, 1 << 20);
         let mut err_log = vec![0u8; log_bytes];
@@ -150,7 +148,8 @@ impl Module {
             inner: Arc::new(ModuleInner {
                 ctx: ctx.clone(),
                 raw,
-                signatures,
+                image,
+                signatures: OnceLock::new(),
                 info_log: log_text(&info_log),
             }),
         })
@@ -170,9 +169,18 @@ impl Module {
         &self.inner.info_log
     }
 
-    /// The kernel signatures parsed from the PTX.
+    /// The kernel signatures parsed from the PTX (on first use: a module whose kernels are
+    /// never looked up costs no parsing).
     pub fn signatures(&self) -> Result<&[KernelSignature]> {
-        match &self.inner.signatures {
+        let parsed = self.inner.signatures.get_or_init(|| {
+            // The image was made from a &str, so it is UTF-8.
+            let text = self.inner.image.to_str().unwrap_or_default();
+            parse_entries(text).map_err(|e| match e {
+                Error::Ptx { line, message } => (line, message),
+                other => (0, other.to_string()),
+            })
+        });
+        match parsed {
             Ok(s) => Ok(s),
             Err((line, message)) => Err(Error::Ptx {
                 line: *line,
@@ -278,6 +286,12 @@ unsafe impl Sync for Kernel {}
 impl Kernel {
     pub fn name(&self) -> &str {
         &self.sig.name
+    }
+
+    /// The driver's handle, for interop with other CUDA code (and the benchmark's raw
+    /// baseline). Launching through it bypasses every check of [`Kernel::launch`].
+    pub fn as_raw(&self) -> sys::CUfunction {
+        self.raw
     }
 
     pub fn signature(&self) -> &KernelSignature {
