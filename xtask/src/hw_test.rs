@@ -733,6 +733,7 @@ fn make_bundle(dir: &Path, args: &Args) -> anyhow::Result<()> {
                 v["target"]["name"].as_str().unwrap_or("test")
             );
             std::fs::copy(exe, bin_dir.join(&name)).with_context(|| format!("copying {exe}"))?;
+            strip_debug(&bin_dir.join(&name));
             binaries.push(format!("bin/{name}"));
         }
         println!("bundled suite {}: {}", s.name, binaries.join(" "));
@@ -743,6 +744,7 @@ fn make_bundle(dir: &Path, args: &Args) -> anyhow::Result<()> {
     }
     let me = std::env::current_exe().context("locating the xtask binary")?;
     std::fs::copy(&me, dir.join("xtask")).context("copying the xtask binary")?;
+    strip_debug(&dir.join("xtask"));
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_string_pretty(&manifest)?,
@@ -757,6 +759,19 @@ fn make_bundle(dir: &Path, args: &Args) -> anyhow::Result<()> {
         script.display()
     );
     Ok(())
+}
+
+/// Drops debug info (symbols stay, for backtraces): a bundle travels, and debug info is
+/// most of its size.
+fn strip_debug(path: &Path) {
+    match Command::new("strip")
+        .arg("--strip-debug")
+        .arg(path)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        other => log::warn!("strip {}: {other:?} (bundle stays larger)", path.display()),
+    }
 }
 
 fn git_describe() -> String {
