@@ -60,6 +60,9 @@ pub struct Args {
     /// Seconds until the guest's init must report in.
     #[arg(long, default_value_t = 90)]
     boot_timeout: u64,
+    /// Seconds one test binary may run in the guest before it is killed.
+    #[arg(long, default_value_t = 120)]
+    test_timeout: u64,
     /// Seconds the whole boot + tests may take before QEMU is killed.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -108,10 +111,16 @@ pub fn run(args: Args) -> Result<()> {
     let kernel = kernel::prepare(args.kernel, &workspace, &cache)?;
     let (tests, bins) = build::build(&workspace, &selected, &args.test_args)?;
 
-    let mut env = vec![(
-        "VM_ACCEL_LAB_KERNEL".to_string(),
-        format!("{:?}", args.kernel).to_lowercase(),
-    )];
+    let mut env = vec![
+        (
+            "VM_ACCEL_LAB_KERNEL".to_string(),
+            format!("{:?}", args.kernel).to_lowercase(),
+        ),
+        (
+            "LAB_TEST_TIMEOUT".to_string(),
+            args.test_timeout.to_string(),
+        ),
+    ];
     for kv in &args.guest_env {
         let (k, v) = kv
             .split_once('=')

@@ -168,7 +168,7 @@ pub fn print(report: &Report) {
         }
     }
     for e in &report.errors {
-        println!("  guest setup error: {e}");
+        println!("  guest error: {e}");
     }
     println!("  {pass} passed, {fail} failed, {ignored} ignored, {missing} missing");
 }
