@@ -2,7 +2,8 @@
 //! QEMU, or hangs. Not part of `--all`; run it with
 //! `cargo xtask lab --test lab_broken` (an assertion fails),
 //! `cargo xtask lab --test lab_broken -- --ignored qemu_dies` (edu's out-of-bounds DMA
-//! aborts QEMU 7.2), or `cargo xtask lab --test lab_broken --timeout 60 -- --ignored hangs`.
+//! aborts QEMU 7.2), or `cargo xtask lab --test lab_broken --test-timeout 10 -- --ignored hangs` (the guest kills it),
+//! or with `--timeout 40` instead (the host kills QEMU).
 //! Outside the lab these skip like every lab test.
 
 mod lab_support;
@@ -39,7 +40,7 @@ fn qemu_dies() {
 }
 
 #[test]
-#[ignore = "hangs on purpose; run with --timeout 60 -- --ignored hangs"]
+#[ignore = "hangs on purpose; run with --test-timeout 10 -- --ignored hangs"]
 fn hangs() {
     if lab_device("hangs").is_none() {
         return;

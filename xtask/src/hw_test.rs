@@ -177,6 +177,15 @@ const SUITES: &[Suite] = &[
         },
         env: &[],
     },
+    Suite {
+        name: "lab-iommufd",
+        about: "the lab on its own IOMMUFD + VFIO cdev kernel (built once, ~5 min, cached): both VFIO paths",
+        needs: &[Cap::Qemu, Cap::Cargo],
+        runner: Runner::Xtask {
+            args: &["lab", "--kernel", "iommufd", "--all"],
+        },
+        env: &[],
+    },
 ];
 
 /// What was found for each capability: `Ok(evidence)` or `Err(reason it is missing)`.

@@ -233,21 +233,21 @@ fn print_failure(outcome: &qemu::Outcome, report: &report::Report) {
         shown = true;
         let _ = writeln!(out, "---- guest console: {} ----", b.name);
         for line in &outcome.serial[from..stop] {
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "guest| {line}");
         }
     }
     if !report.done && !shown {
         let from = outcome.serial.len().saturating_sub(40);
         let _ = writeln!(out, "---- last lines of the guest console ----");
         for line in &outcome.serial[from..] {
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "guest| {line}");
         }
     }
     if outcome.end != qemu::End::Done && !outcome.qemu_stderr.trim().is_empty() {
         // QEMU states why it gave up first; a CPU register dump may follow.
         let _ = writeln!(out, "---- QEMU stderr (first lines) ----");
         for line in outcome.qemu_stderr.lines().take(8) {
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "qemu| {line}");
         }
     }
     let _ = writeln!(out, "----");

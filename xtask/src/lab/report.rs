@@ -171,6 +171,13 @@ pub fn print(report: &Report) {
         println!("  guest error: {e}");
     }
     println!("  {pass} passed, {fail} failed, {ignored} ignored, {missing} missing");
+    // The same totals in libtest's words, so tools that add up `test result:` lines (like
+    // `cargo xtask hw-test`) count the lab's tests. A missing result is a failure.
+    let verdict = if report.ok() { "ok" } else { "FAILED" };
+    println!(
+        "test result: {verdict}. {pass} passed; {} failed; {ignored} ignored; 0 measured; 0 filtered out",
+        fail + missing
+    );
 }
 
 #[cfg(test)]
