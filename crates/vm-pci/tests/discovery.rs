@@ -277,6 +277,10 @@ fn broken_attributes_are_errors_that_name_the_file() {
     let d = inv.device(bdf("0000:00:04.0")).unwrap();
     assert_eq!(d.config_len, 64);
     assert!(d.capabilities.standard.is_empty());
+    assert!(
+        d.capabilities.warnings.is_empty(),
+        "a short read is not a device defect"
+    );
     let checks = device_checks(&inv, d.bdf).unwrap();
     assert_eq!(
         check(&checks, "reset").level,
@@ -286,6 +290,29 @@ fn broken_attributes_are_errors_that_name_the_file() {
 
     let missing = Inventory::scan(&SysfsRoot::new(t.path().join("nope"))).unwrap_err();
     assert!(missing.to_string().contains("nope"), "{missing}");
+}
+
+#[test]
+fn header_only_scan_reads_64_bytes_and_warns_about_nothing() {
+    let inv = Inventory::scan_with(&capture("h200-host"), vm_pci::ConfigRead::Header).unwrap();
+    for d in &inv.devices {
+        assert_eq!(d.config_len, 64, "{}", d.bdf);
+        assert!(
+            d.capabilities.warnings.is_empty(),
+            "{}: {:?}",
+            d.bdf,
+            d.capabilities.warnings
+        );
+        assert_eq!(d.header_type, Some(0));
+    }
+    assert_eq!(
+        inv.device(bdf("0000:00:06.0"))
+            .unwrap()
+            .largest_bar()
+            .unwrap()
+            .size,
+        256 << 30
+    );
 }
 
 #[test]
