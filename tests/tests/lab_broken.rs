@@ -1,9 +1,11 @@
 //! Fails on purpose, to prove that `cargo xtask lab` fails when a guest test fails, kills
-//! QEMU, or hangs. Not part of `--all`; run it with
-//! `cargo xtask lab --test lab_broken` (an assertion fails),
-//! `cargo xtask lab --test lab_broken -- --ignored qemu_dies` (edu's out-of-bounds DMA
-//! aborts QEMU 7.2), or `cargo xtask lab --test lab_broken --test-timeout 10 -- --ignored hangs` (the guest kills it),
-//! or with `--timeout 40` instead (the host kills QEMU).
+//! QEMU, or hangs. Not part of `--all`. Run it with:
+//! - `cargo xtask lab --test lab_broken`: an assertion fails;
+//! - `cargo xtask lab --test lab_broken -- --ignored qemu_dies`: edu's out-of-bounds DMA
+//!   aborts QEMU 7.2;
+//! - `cargo xtask lab --test lab_broken --test-timeout 10 -- --ignored hangs`: the guest
+//!   kills the hung binary (or `--timeout 40`: the host kills QEMU).
+//!
 //! Outside the lab these skip like every lab test.
 
 mod lab_support;

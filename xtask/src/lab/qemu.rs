@@ -49,7 +49,10 @@ pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
     let mut args: Vec<String> = vec!["-M".into(), "q35,kernel-irqchip=split".into()];
     match boot.accel {
         Accel::Tcg => args.extend(["-accel", "tcg", "-cpu", "max"].map(String::from)),
-        Accel::Kvm => args.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
+        // arch-capabilities off: nested KVM hosts refuse to set that MSR and QEMU aborts.
+        Accel::Kvm => {
+            args.extend(["-accel", "kvm", "-cpu", "host,-arch-capabilities"].map(String::from))
+        }
     }
     args.extend(
         [
