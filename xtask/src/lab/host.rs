@@ -106,13 +106,12 @@ fn ensure_musl_target() -> Result<()> {
         .output()
         .context("running rustc --print target-libdir")?;
     let dir = String::from_utf8_lossy(&libdir.stdout).trim().to_string();
-    if libdir.status.success() && std::path::Path::new(&dir).join("libstd.rlib").exists()
-        || std::fs::read_dir(&dir)
-            .map(|mut d| {
-                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
-            })
-            .unwrap_or(false)
-    {
+    let has_std = |dir: &str| {
+        std::fs::read_dir(dir).is_ok_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
+        })
+    };
+    if libdir.status.success() && has_std(&dir) {
         return Ok(());
     }
     log::info!("adding the Rust target {GUEST_TARGET} with rustup");

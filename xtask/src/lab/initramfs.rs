@@ -202,3 +202,46 @@ impl Cpio {
         self.out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(rec: &[u8], i: usize) -> u32 {
+        let s = std::str::from_utf8(&rec[6 + i * 8..14 + i * 8]).expect("ascii");
+        u32::from_str_radix(s, 16).expect("hex")
+    }
+
+    #[test]
+    fn newc_records_are_aligned_and_end_with_the_trailer() {
+        let mut c = Cpio::default();
+        c.dir("lab");
+        c.file("lab/x", b"hello", 0o644);
+        c.char_dev("dev/console", 5, 1);
+        let out = c.finish();
+        // Walk the records back.
+        let (mut off, mut names) = (0, Vec::new());
+        while off < out.len() {
+            let rec = &out[off..];
+            assert_eq!(&rec[..6], b"070701");
+            let (size, namesize) = (field(rec, 6) as usize, field(rec, 11) as usize);
+            let name = std::str::from_utf8(&rec[110..110 + namesize - 1]).expect("name");
+            names.push((
+                name.to_string(),
+                field(rec, 1),
+                field(rec, 9),
+                field(rec, 10),
+            ));
+            let data_at = (110 + namesize).div_ceil(4) * 4;
+            if name == "lab/x" {
+                assert_eq!(&rec[data_at..data_at + size], b"hello");
+            }
+            off += (data_at + size).div_ceil(4) * 4;
+        }
+        assert_eq!(off, out.len());
+        let n: Vec<&str> = names.iter().map(|n| n.0.as_str()).collect();
+        assert_eq!(n, ["lab", "lab/x", "dev/console", "TRAILER!!!"]);
+        assert_eq!(names[2].1 & 0o170_000, 0o020_000, "character device");
+        assert_eq!((names[2].2, names[2].3), (5, 1));
+    }
+}

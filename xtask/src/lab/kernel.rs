@@ -330,3 +330,46 @@ fn iommufd(workspace: &Path) -> Result<GuestKernel> {
         description: format!("lab iommufd kernel ({})", dir.display()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_load_after_their_dependencies_once_each() {
+        let dir = std::env::temp_dir().join(format!("lab-moddep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(
+            dir.join("modules.dep"),
+            "kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko \
+             kernel/drivers/vfio/vfio.ko kernel/virt/lib/irqbypass.ko\n\
+             kernel/drivers/vfio/pci/vfio-pci-core.ko: kernel/drivers/vfio/vfio.ko kernel/virt/lib/irqbypass.ko\n\
+             kernel/drivers/vfio/vfio.ko:\n\
+             kernel/virt/lib/irqbypass.ko:\n\
+             kernel/drivers/vfio/vfio_iommu_type1.ko: kernel/drivers/vfio/vfio.ko\n",
+        )
+        .expect("write modules.dep");
+        let order = module_order(&dir, &["vfio_iommu_type1", "vfio_pci"]).expect("order");
+        let names: Vec<String> = order
+            .iter()
+            .map(|p| module_name(&p.to_string_lossy()))
+            .collect();
+        let pos = |m: &str| names.iter().position(|n| n == m).expect(m);
+        assert_eq!(names.len(), 5, "{names:?}");
+        assert!(pos("vfio") < pos("vfio_iommu_type1"));
+        assert!(pos("vfio-pci-core") < pos("vfio-pci") && pos("irqbypass") < pos("vfio-pci-core"));
+        assert!(module_order(&dir, &["nope"]).is_err());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn malformed_images_are_refused_not_panicked_on() {
+        assert!(!has_pvh_note(b"not an elf"));
+        assert!(!has_pvh_note(b"\x7fELF\x02\x01 truncated"));
+        assert!(bzimage_payload(b"short").is_err());
+        let mut fake = vec![0u8; 0x300];
+        fake[0x202..0x206].copy_from_slice(b"HdrS");
+        fake[0x24c] = 0xff; // payload length past the end
+        assert!(bzimage_payload(&fake).is_err());
+    }
+}

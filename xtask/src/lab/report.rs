@@ -106,8 +106,8 @@ pub fn parse(serial: &[String], planned: &[BuiltTest]) -> Report {
         }
         let Some(idx) = current else { continue };
         let (name, verdict) = match line
-            .find("test ")
-            .and_then(|i| line[i + 5..].split_once(" ... "))
+            .strip_prefix("test ")
+            .and_then(|l| l.split_once(" ... "))
         {
             Some((name, rest)) if !name.contains(' ') => {
                 let v = verdict_of(rest);
@@ -116,7 +116,11 @@ pub fn parse(serial: &[String], planned: &[BuiltTest]) -> Report {
                 }
                 (Some(name.to_string()), v)
             }
-            _ => (pending.clone(), verdict_of(line)),
+            // A verdict after the test's own stderr output stands alone on its line.
+            _ => (
+                pending.clone(),
+                verdict_of(line.trim()).filter(|_| is_bare_verdict(line.trim())),
+            ),
         };
         if let (Some(name), Some(status)) = (name, verdict) {
             binaries[idx].tests.insert(name, status);
@@ -128,6 +132,10 @@ pub fn parse(serial: &[String], planned: &[BuiltTest]) -> Report {
         errors,
         done,
     }
+}
+
+fn is_bare_verdict(line: &str) -> bool {
+    matches!(line, "ok" | "FAILED") || line.starts_with("ignored")
 }
 
 fn verdict_of(text: &str) -> Option<Status> {
@@ -220,6 +228,30 @@ mod tests {
         assert!(!r.ok(), "no @@LAB-DONE: QEMU died");
         let r = parse(&lines(&format!("{text}@@LAB-DONE")), &planned());
         assert!(r.ok());
+    }
+
+    #[test]
+    fn test_output_ending_like_a_verdict_is_not_one() {
+        let text = "@@LAB-BEGIN lab_x\ntest a ... \nthe probe is ok\nok\ntest b ... ok\n\
+                    test c ... ignored, needs X\n@@LAB-END lab_x rc=0\n@@LAB-DONE";
+        let r = parse(&lines(text), &planned());
+        assert_eq!(r.binaries[0].tests["a"], Status::Pass);
+        assert_eq!(r.binaries[0].tests["c"], Status::Ignored);
+        assert!(r.ok());
+        let text =
+            "@@LAB-BEGIN lab_x\ntest a ... \nthe probe is ok\n@@LAB-END lab_x rc=0\n@@LAB-DONE";
+        assert_eq!(
+            parse(&lines(text), &planned()).binaries[0].tests["a"],
+            Status::Missing
+        );
+    }
+
+    #[test]
+    fn setup_errors_fail_the_run() {
+        let text = "@@LAB-ERROR insmod x failed\n@@LAB-DONE";
+        let r = parse(&lines(text), &planned());
+        assert_eq!(r.errors, vec!["insmod x failed".to_string()]);
+        assert!(!r.ok());
     }
 
     #[test]

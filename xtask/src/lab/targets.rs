@@ -67,3 +67,35 @@ pub fn select(names: &[String], iommufd_kernel: bool) -> anyhow::Result<Vec<LabT
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_targets_are_lab_tests() {
+        for (i, t) in TARGETS.iter().enumerate() {
+            assert!(
+                TARGETS[i + 1..].iter().all(|u| u.name != t.name),
+                "duplicate {}",
+                t.name
+            );
+            assert!(
+                !t.name.contains(['/', ' ']),
+                "{} is used as a file name in the guest",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn all_leaves_out_iommufd_targets_on_debian_and_broken_everywhere() {
+        let debian = select(&[], false).expect("select");
+        assert!(debian.iter().all(|t| !t.iommufd && t.in_all));
+        let iommufd = select(&[], true).expect("select");
+        assert!(iommufd.len() > debian.len());
+        assert!(iommufd.iter().all(|t| t.name != "lab_broken"));
+        assert!(select(&["lab_iommufd".into()], false).is_err());
+        assert!(select(&["no_such_target".into()], true).is_err());
+    }
+}
