@@ -47,7 +47,10 @@ fn debian(cache: &Path) -> Result<GuestKernel> {
             }
         }
     }
-    candidates.sort_by_key(|v| version_key(v));
+    // The kernel linux-image-amd64 points at, when installed: a cloud image may also carry
+    // linux-image-cloud-amd64 (of the same version number, without the IOMMU drivers).
+    let packaged = packaged_version();
+    candidates.sort_by_key(|v| (Some(v) == packaged.as_ref(), version_key(v)));
     let Some(version) = candidates.pop() else {
         bail!("no /boot/vmlinuz-* with modules under /lib/modules (apt-get install linux-image-amd64)");
     };
@@ -60,6 +63,19 @@ fn debian(cache: &Path) -> Result<GuestKernel> {
         modules,
         description: format!("Debian {version}"),
     })
+}
+
+/// `6.1.0-48-amd64` from linux-image-amd64's `Depends: linux-image-6.1.0-48-amd64 (= ...)`.
+fn packaged_version() -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Depends}", "linux-image-amd64"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split(',')
+        .find_map(|d| d.trim().strip_prefix("linux-image-"))
+        .and_then(|d| d.split_whitespace().next())
+        .map(str::to_string)
 }
 
 /// Orders `roots` and their dependencies (from modules.dep) so each loads after its deps.
