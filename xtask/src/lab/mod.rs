@@ -66,8 +66,9 @@ pub struct Args {
     /// Seconds the whole boot + tests may take before QEMU is killed.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
-    /// Number of edu devices (each gets its own IOMMU group).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=8))]
+    /// Number of edu devices (each gets its own IOMMU group; the tests expect at least 2:
+    /// one on the root bus, the rest behind PCIe root ports).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=8))]
     edu: u8,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 1024)]
