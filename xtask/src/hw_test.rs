@@ -294,6 +294,42 @@ struct Outcome {
     secs: f64,
 }
 
+impl Outcome {
+    /// A suite that did not run; it fails the run only when its hardware was required.
+    fn not_run(suite: &str, required: bool, note: String) -> Outcome {
+        Outcome {
+            suite: suite.into(),
+            ran: false,
+            ok: !required,
+            passed: 0,
+            failed: 0,
+            skipped_tests: Vec::new(),
+            note,
+            secs: 0.0,
+        }
+    }
+
+    /// A suite that ran: `(exited ok, passed, failed)` from [`run_counting`], and the tests
+    /// that skipped themselves (from the suite's skip log).
+    fn ran(
+        suite: &str,
+        (ok, passed, failed): (bool, u64, u64),
+        skip_log: &Path,
+        failure: &str,
+    ) -> Outcome {
+        Outcome {
+            suite: suite.into(),
+            ran: true,
+            ok: ok && failed == 0,
+            passed,
+            failed,
+            skipped_tests: read_skips(skip_log),
+            note: if ok { String::new() } else { failure.into() },
+            secs: 0.0,
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = &args.bundle {
         return make_bundle(dir, &args);
@@ -360,40 +396,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .collect();
         let required_here = s.needs.iter().any(|c| required.contains(c));
         if !missing.is_empty() {
-            outcomes.push(Outcome {
-                suite: s.name.into(),
-                ran: false,
-                ok: !required_here,
-                passed: 0,
-                failed: 0,
-                skipped_tests: Vec::new(),
-                note: format!(
-                    "{}{}",
-                    if required_here {
-                        "REQUIRED but missing: "
-                    } else {
-                        ""
-                    },
-                    missing.join("; ")
-                ),
-                secs: 0.0,
-            });
+            let prefix = if required_here {
+                "REQUIRED but missing: "
+            } else {
+                ""
+            };
+            outcomes.push(Outcome::not_run(
+                s.name,
+                required_here,
+                format!("{prefix}{}", missing.join("; ")),
+            ));
             continue;
         }
         println!("\n=== suite {} — {}", s.name, s.about);
         let started = Instant::now();
         let mut o = match (&bundle, s.runner) {
             (Some(m), Runner::CargoTest { .. }) => run_bundled(m, s, required_here)?,
-            (Some(_), Runner::Xtask { .. }) => Outcome {
-                suite: s.name.into(),
-                ran: false,
-                ok: !required_here,
-                passed: 0,
-                failed: 0,
-                skipped_tests: Vec::new(),
-                note: "not in the bundle: it builds at run time and needs cargo".into(),
-                secs: 0.0,
-            },
+            (Some(_), Runner::Xtask { .. }) => Outcome::not_run(
+                s.name,
+                required_here,
+                "not in the bundle: it builds at run time and needs cargo".into(),
+            ),
             (None, _) => run_with_cargo(s, required_here, args.release)?,
         };
         o.secs = started.elapsed().as_secs_f64();
@@ -598,21 +621,13 @@ fn run_with_cargo(s: &Suite, required: bool, release: bool) -> anyhow::Result<Ou
         }
     }
     cmd.envs(suite_env(s, required, &skip_log));
-    let (ok, passed, failed) = run_counting(&mut cmd)?;
-    Ok(Outcome {
-        suite: s.name.into(),
-        ran: true,
-        ok: ok && failed == 0,
-        passed,
-        failed,
-        skipped_tests: read_skips(&skip_log),
-        note: if ok {
-            String::new()
-        } else {
-            "exited with failure".into()
-        },
-        secs: 0.0,
-    })
+    let counts = run_counting(&mut cmd)?;
+    Ok(Outcome::ran(
+        s.name,
+        counts,
+        &skip_log,
+        "exited with failure",
+    ))
 }
 
 /// What `--bundle` wrote: per suite, the test executables (relative to the bundle).
@@ -644,16 +659,11 @@ impl Manifest {
 
 fn run_bundled(m: &Manifest, s: &Suite, required: bool) -> anyhow::Result<Outcome> {
     let Some(b) = m.suites.iter().find(|b| b.name == s.name) else {
-        return Ok(Outcome {
-            suite: s.name.into(),
-            ran: false,
-            ok: !required,
-            passed: 0,
-            failed: 0,
-            skipped_tests: Vec::new(),
-            note: "not in this bundle".into(),
-            secs: 0.0,
-        });
+        return Ok(Outcome::not_run(
+            s.name,
+            required,
+            "not in this bundle".into(),
+        ));
     };
     let skip_log = skip_log_path(s.name);
     let (mut ok, mut passed, mut failed) = (true, 0, 0);
@@ -666,20 +676,12 @@ fn run_bundled(m: &Manifest, s: &Suite, required: bool) -> anyhow::Result<Outcom
         passed += p;
         failed += f;
     }
-    Ok(Outcome {
-        suite: s.name.into(),
-        ran: true,
-        ok: ok && failed == 0,
-        passed,
-        failed,
-        skipped_tests: read_skips(&skip_log),
-        note: if ok {
-            String::new()
-        } else {
-            "a test binary exited with failure".into()
-        },
-        secs: 0.0,
-    })
+    Ok(Outcome::ran(
+        s.name,
+        (ok, passed, failed),
+        &skip_log,
+        "a test binary exited with failure",
+    ))
 }
 
 /// Builds every bundleable suite's tests (release) and this program into `dir`.
