@@ -192,6 +192,35 @@ fn print_outcome(out: &mut dyn Write, verb: &str, o: &Outcome) -> anyhow::Result
 
 /// Reports a lifecycle error: exit 1 for refusals and failed binds/releases (the device state
 /// is described), anything else (unreadable sysfs, lock held...) too, with the error text.
+/// Prints a bind/unbind result (`verb` says what happened on success) in `schema`.
+fn report_result(
+    g: &Global,
+    out: &mut dyn Write,
+    schema: &'static str,
+    verb: &str,
+    result: Result<Outcome, BindError>,
+) -> CmdResult {
+    let o = match result {
+        Ok(o) => o,
+        Err(e) => return report_error(g, out, schema, &e),
+    };
+    if g.json {
+        emit_json(
+            out,
+            &ResultOutput {
+                schema,
+                ok: true,
+                outcome: Some(&o),
+                error: None,
+                refusals: Vec::new(),
+            },
+        )?;
+    } else {
+        print_outcome(out, verb, &o)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn report_error(g: &Global, out: &mut dyn Write, schema: &'static str, e: &BindError) -> CmdResult {
     let refusals = match e {
         BindError::Refused { reasons, .. } => reasons.clone(),
@@ -244,26 +273,13 @@ fn bind_to(g: &Global, a: BindArgs, out: &mut dyn Write) -> CmdResult {
             ExitCode::SUCCESS
         });
     }
-    match b.prepare(a.bdf) {
-        Ok(o) => {
-            if g.json {
-                emit_json(
-                    out,
-                    &ResultOutput {
-                        schema: "vm-accel.bind/v1",
-                        ok: true,
-                        outcome: Some(&o),
-                        error: None,
-                        refusals: Vec::new(),
-                    },
-                )?;
-            } else {
-                print_outcome(out, "bound to vfio-pci", &o)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => report_error(g, out, "vm-accel.bind/v1", &e),
-    }
+    report_result(
+        g,
+        out,
+        "vm-accel.bind/v1",
+        "bound to vfio-pci",
+        b.prepare(a.bdf),
+    )
 }
 
 pub fn unbind(g: &Global, a: UnbindArgs) -> CmdResult {
@@ -272,26 +288,14 @@ pub fn unbind(g: &Global, a: UnbindArgs) -> CmdResult {
 
 fn unbind_to(g: &Global, a: UnbindArgs, out: &mut dyn Write) -> CmdResult {
     let mut b = binder(g, &a.run, &[]);
-    match b.release(a.bdf) {
-        Ok(o) => {
-            if g.json {
-                emit_json(
-                    out,
-                    &ResultOutput {
-                        schema: "vm-accel.unbind/v1",
-                        ok: true,
-                        outcome: Some(&o),
-                        error: None,
-                        refusals: Vec::new(),
-                    },
-                )?;
-            } else {
-                print_outcome(out, "returned to its original drivers", &o)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => report_error(g, out, "vm-accel.unbind/v1", &e),
-    }
+    let result = b.release(a.bdf);
+    report_result(
+        g,
+        out,
+        "vm-accel.unbind/v1",
+        "returned to its original drivers",
+        result,
+    )
 }
 
 pub fn restore(g: &Global, a: RestoreArgs) -> CmdResult {
