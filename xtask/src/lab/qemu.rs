@@ -45,6 +45,9 @@ pub struct Outcome {
     pub to_done: Option<Duration>,
 }
 
+/// Serial number of the lab's MSI-X device (QEMU `nvme`, PCI 1b36:0010).
+pub const MSIX_SERIAL: &str = "vm-accel-lab";
+
 pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
     let mut args: Vec<String> = vec!["-M".into(), "q35,kernel-irqchip=split".into()];
     match boot.accel {
@@ -88,6 +91,17 @@ pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
             ]);
         }
     }
+    // One MSI-X device, after the edus so that their addresses do not move: QEMU's NVMe
+    // controller puts its MSI-X table and PBA inside BAR0, after the registers, as GPUs do,
+    // so the table/PBA hole sits between mmap'able pages. No drive: no namespace, nothing
+    // for a driver to use, and the guest has no nvme driver anyway (vfio-pci takes it).
+    let rp = boot.edu_devices;
+    args.extend([
+        "-device".into(),
+        format!("pcie-root-port,id=rp{rp},chassis={rp},slot={rp}"),
+        "-device".into(),
+        format!("nvme,serial={MSIX_SERIAL},bus=rp{rp}"),
+    ]);
     args.extend([
         "-kernel".into(),
         boot.kernel.display().to_string(),
@@ -210,4 +224,51 @@ fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_msix_device_comes_after_the_edus_behind_its_own_root_port() {
+        let boot = Boot {
+            kernel: Path::new("vmlinux"),
+            initramfs: Path::new("initrd"),
+            accel: Accel::Tcg,
+            edu_devices: 3,
+            memory_mib: 1024,
+            boot_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            verbose: false,
+        };
+        let args = command_line(&boot);
+        let devices: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "-device")
+            .map(|w| w[1].as_str())
+            .collect();
+        // Appended last, so the edus keep the addresses the tests and docs name.
+        assert_eq!(
+            devices[devices.len() - 2..],
+            [
+                "pcie-root-port,id=rp3,chassis=3,slot=3",
+                "nvme,serial=vm-accel-lab,bus=rp3"
+            ]
+        );
+        let ports: Vec<&str> = devices
+            .iter()
+            .filter(|d| d.starts_with("pcie-root-port"))
+            .copied()
+            .collect();
+        assert_eq!(ports.len(), 3, "{ports:?}");
+        for (i, p) in ports.iter().enumerate() {
+            assert!(
+                ports[i + 1..]
+                    .iter()
+                    .all(|q| q.split(',').nth(2) != p.split(',').nth(2)),
+                "chassis numbers are unique: {ports:?}"
+            );
+        }
+    }
 }
