@@ -1,8 +1,12 @@
-//! Shared helpers for the workspace's tests.
+//! Shared helpers for the workspace's tests: the hardware gate ([`hw`]), and for the emulated
+//! VFIO lab's tests the edu device model ([`edu`]) and lab plumbing ([`lab`]).
 //!
 //! [`hw`] is the one place that decides what a hardware-gated test does when the hardware
 //! is missing: report *skipped, with the reason* (visible in `cargo test` output), or, when
 //! `cargo xtask hw-test --require ...` asked for that hardware, fail.
+
+pub mod edu;
+pub mod lab;
 
 pub mod hw {
     use std::io::Write;

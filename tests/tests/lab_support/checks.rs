@@ -96,11 +96,11 @@ pub fn dma_both_ways_with_completion_msi(edu: &Edu, bdf: &str) {
 
     // RAM -> device buffer, then device buffer -> elsewhere in RAM: both directions cross
     // the IOMMU; the bytes only match if both translated to the right pages.
-    edu.dma(src, EDU_BUF, XFER as u64, false, true);
+    edu.dma(src, 0, XFER as u64, Direction::ToDevice, true);
     let n = wait_eventfd(&efd, Duration::from_secs(5)).expect("completion MSI for RAM -> device");
     assert!(n >= 1);
     edu.ack_irq();
-    edu.dma(EDU_BUF, dst, XFER as u64, true, true);
+    edu.dma(dst, 0, XFER as u64, Direction::ToRam, true);
     wait_eventfd(&efd, Duration::from_secs(5)).expect("completion MSI for device -> RAM");
     edu.ack_irq();
 
@@ -123,8 +123,8 @@ pub fn iommu_blocks_dma_to_an_unmapped_iova(edu: &Edu, bdf: &str) {
     let first = pattern(1);
     mem.write_slice(&first, GuestAddress(RAM_BASE))
         .expect("fill");
-    edu.dma(RAM_BASE, EDU_BUF, XFER as u64, false, false);
-    edu.dma(EDU_BUF, target, XFER as u64, true, false);
+    edu.dma(RAM_BASE, 0, XFER as u64, Direction::ToDevice, false);
+    edu.dma(target, 0, XFER as u64, Direction::ToRam, false);
     let mut got = vec![0u8; XFER];
     mem.read_slice(&mut got, GuestAddress(target))
         .expect("read");
@@ -133,12 +133,12 @@ pub fn iommu_blocks_dma_to_an_unmapped_iova(edu: &Edu, bdf: &str) {
     // Load new bytes into the device, poison the target, unmap, and DMA again.
     mem.write_slice(&pattern(99), GuestAddress(RAM_BASE))
         .expect("fill");
-    edu.dma(RAM_BASE, EDU_BUF, XFER as u64, false, false);
+    edu.dma(RAM_BASE, 0, XFER as u64, Direction::ToDevice, false);
     let poison = vec![0xeeu8; XFER];
     mem.write_slice(&poison, GuestAddress(target))
         .expect("poison");
     edu.unmap(&mem);
-    edu.dma(EDU_BUF, target, XFER as u64, true, false);
+    edu.dma(target, 0, XFER as u64, Direction::ToRam, false);
 
     mem.read_slice(&mut got, GuestAddress(target))
         .expect("read");

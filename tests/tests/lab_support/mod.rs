@@ -4,9 +4,8 @@
 //! The edu register map and its quirks are in docs/hardware-testing.md. In short: BAR0 is
 //! 1 MiB of MMIO, 0x00 reads 0x010000ed, DMA registers at 0x80..0x98 with a 4 KiB device
 //! buffer at 0x40000, completion interrupt 0x100, DMA mask 28 bits.
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioIommufd, VfioOps};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 pub mod checks;
 
@@ -23,25 +21,11 @@ pub const BAR0: u32 = 0;
 /// `VFIO_PCI_CONFIG_REGION_INDEX`.
 pub const CONFIG: u32 = 7;
 
-pub const EDU_ID: u32 = 0x010000ed;
-pub const REG_ID: u64 = 0x00;
-pub const REG_LIVENESS: u64 = 0x04;
-pub const REG_IRQ_STATUS: u64 = 0x24;
-pub const REG_IRQ_ACK: u64 = 0x64;
-pub const REG_DMA_SRC: u64 = 0x80;
-pub const REG_DMA_DST: u64 = 0x88;
-pub const REG_DMA_COUNT: u64 = 0x90;
-pub const REG_DMA_CMD: u64 = 0x98;
-const DMA_START: u64 = 1;
-/// Direction bit: set = device buffer to RAM.
-const DMA_TO_RAM: u64 = 2;
-const DMA_IRQ: u64 = 4;
-/// The edu device's internal DMA buffer, as seen on its side of a transfer.
-pub const EDU_BUF: u64 = 0x40000;
-/// QEMU 7.2 aborts the whole VM on a transfer that reaches the end of the 4 KiB buffer.
-pub const EDU_MAX_DMA: u64 = 4095;
-/// edu's DMA mask: IOVAs must be below 256 MiB.
-pub const EDU_DMA_LIMIT: u64 = 1 << 28;
+pub use vm_accel_tests::edu::{
+    Bar0, Direction, BUF as EDU_BUF, ID as EDU_ID, REG_DMA_CMD, REG_DMA_COUNT, REG_DMA_DST,
+    REG_DMA_SRC, REG_ID, REG_LIVENESS,
+};
+pub use vm_accel_tests::lab::{edu_bdfs as lab_edu_bdfs, report, wait_eventfd};
 
 /// The device the lab bound to vfio-pci, or `None` after reporting the skip.
 pub fn lab_device(test: &str) -> Option<(String, PathBuf)> {
@@ -59,16 +43,6 @@ pub fn lab_device(test: &str) -> Option<(String, PathBuf)> {
     }
     let sysfs = PathBuf::from(format!("/sys/bus/pci/devices/{bdf}"));
     Some((bdf, sysfs))
-}
-
-/// Every edu BDF the lab bound (VM_ACCEL_LAB_EDU_BDFS, comma separated).
-pub fn lab_edu_bdfs() -> Vec<String> {
-    std::env::var("VM_ACCEL_LAB_EDU_BDFS")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 /// How the device was opened.
@@ -156,26 +130,6 @@ impl Edu {
         );
     }
 
-    pub fn read32(&self, reg: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.pread(BAR0, &mut b, reg);
-        u32::from_le_bytes(b)
-    }
-
-    pub fn write32(&self, reg: u64, v: u32) {
-        self.pwrite(BAR0, &v.to_le_bytes(), reg);
-    }
-
-    pub fn read64(&self, reg: u64) -> u64 {
-        let mut b = [0u8; 8];
-        self.pread(BAR0, &mut b, reg);
-        u64::from_le_bytes(b)
-    }
-
-    pub fn write64(&self, reg: u64, v: u64) {
-        self.pwrite(BAR0, &v.to_le_bytes(), reg);
-    }
-
     /// Enables memory decoding and bus mastering (vfio-pci leaves bus master off).
     pub fn enable_bus_master(&self) {
         let mut cmd = [0u8; 2];
@@ -188,43 +142,6 @@ impl Edu {
             0x6,
             "PCI command register did not take memory+bus master"
         );
-    }
-
-    /// Starts one DMA and waits for it to finish (polling the start bit), validating the
-    /// request first: an out-of-range edu DMA aborts QEMU.
-    pub fn dma(&self, src: u64, dst: u64, count: u64, to_ram: bool, irq: bool) {
-        let (dev, ram) = if to_ram { (src, dst) } else { (dst, src) };
-        assert!(
-            count > 0 && count <= EDU_MAX_DMA,
-            "edu DMA of {count} bytes"
-        );
-        assert!(
-            dev >= EDU_BUF && dev + count < EDU_BUF + 4096,
-            "edu buffer offset {dev:#x}"
-        );
-        assert!(
-            ram + count <= EDU_DMA_LIMIT,
-            "IOVA {ram:#x} beyond edu's 28-bit DMA mask"
-        );
-        self.write64(REG_DMA_SRC, src);
-        self.write64(REG_DMA_DST, dst);
-        self.write64(REG_DMA_COUNT, count);
-        let cmd = DMA_START | if to_ram { DMA_TO_RAM } else { 0 } | if irq { DMA_IRQ } else { 0 };
-        self.write64(REG_DMA_CMD, cmd);
-        let start = Instant::now();
-        while self.read64(REG_DMA_CMD) & DMA_START != 0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "edu DMA did not complete in 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Acknowledges every pending edu interrupt.
-    pub fn ack_irq(&self) {
-        let status = self.read32(REG_IRQ_STATUS);
-        self.write32(REG_IRQ_ACK, status);
     }
 
     /// DMA-maps every region of `mem` at IOVA = guest physical address.
@@ -251,26 +168,27 @@ impl Edu {
     }
 }
 
-/// Waits until `efd` is signalled (non-blocking reads) and returns its count.
-pub fn wait_eventfd(efd: &EventFd, limit: Duration) -> Option<u64> {
-    let mut pfd = libc::pollfd {
-        fd: efd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd, for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n == 1 {
-        efd.read().ok()
-    } else {
-        None
+/// BAR0 through region reads and writes on the device fd.
+impl Bar0 for Edu {
+    fn read32(&self, reg: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.pread(BAR0, &mut b, reg);
+        u32::from_le_bytes(b)
     }
-}
 
-/// Prints a result line that libtest does not capture (bench numbers, evidence).
-pub fn report(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
+    fn write32(&self, reg: u64, v: u32) {
+        self.pwrite(BAR0, &v.to_le_bytes(), reg);
+    }
+
+    fn read64(&self, reg: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.pread(BAR0, &mut b, reg);
+        u64::from_le_bytes(b)
+    }
+
+    fn write64(&self, reg: u64, v: u64) {
+        self.pwrite(BAR0, &v.to_le_bytes(), reg);
+    }
 }
 
 /// Kernel log lines (from /dev/kmsg) containing `needle`, waiting up to `limit` for one.

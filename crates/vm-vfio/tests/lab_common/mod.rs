@@ -4,7 +4,7 @@
 //! The tests take any vfio-pci device from `VM_ACCEL_TEST_BDF`; when it is QEMU's edu
 //! (1234:11e8) they also run its DMA engine and completion MSI. Outside the lab (no
 //! `/dev/vfio`, no BDF) they report a skip through `vm_accel_tests::hw::skip`.
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::io::Write;
@@ -19,29 +19,10 @@ use vm_vfio::access::{
 use vm_vfio::bind::Paths;
 use vmm_sys_util::eventfd::EventFd;
 
-pub const EDU_VENDOR: u16 = 0x1234;
-pub const EDU_DEVICE: u16 = 0x11e8;
-pub const EDU_ID: u32 = 0x010000ed;
-const REG_ID: u64 = 0x00;
-const REG_LIVENESS: u64 = 0x04;
-const REG_IRQ_STATUS: u64 = 0x24;
-const REG_IRQ_ACK: u64 = 0x64;
-const REG_DMA_SRC: u64 = 0x80;
-const REG_DMA_DST: u64 = 0x88;
-const REG_DMA_COUNT: u64 = 0x90;
-const REG_DMA_CMD: u64 = 0x98;
-const DMA_START: u64 = 1;
-const DMA_TO_RAM: u64 = 2;
-const DMA_IRQ: u64 = 4;
-/// edu's internal buffer on the device side of a transfer.
-const EDU_BUF: u64 = 0x40000;
-/// edu's DMA mask: IOVAs below 256 MiB.
-const EDU_DMA_LIMIT: u64 = 1 << 28;
-
-/// Prints evidence libtest does not capture.
-pub fn report(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
+pub use vm_accel_tests::edu::{
+    Bar0, Direction, DEVICE as EDU_DEVICE, ID as EDU_ID, REG_ID, REG_LIVENESS, VENDOR as EDU_VENDOR,
+};
+pub use vm_accel_tests::lab::{report, wait_eventfd};
 
 /// The device under test, or `None` after reporting the skip.
 pub fn device_under_test(test: &str) -> Option<Bdf> {
@@ -60,12 +41,10 @@ pub fn device_under_test(test: &str) -> Option<Bdf> {
     Some(bdf.parse().expect("VM_ACCEL_TEST_BDF is a PCI address"))
 }
 
-/// Every edu the lab bound (VM_ACCEL_LAB_EDU_BDFS, comma separated).
+/// Every edu the lab bound.
 pub fn lab_edu_bdfs() -> Vec<Bdf> {
-    std::env::var("VM_ACCEL_LAB_EDU_BDFS")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
+    vm_accel_tests::lab::edu_bdfs()
+        .iter()
         .map(|s| s.parse().expect("edu BDF"))
         .collect()
 }
@@ -89,23 +68,6 @@ pub fn is_edu(d: &Device) -> bool {
     d.config_u16(0).ok() == Some(EDU_VENDOR) && d.config_u16(2).ok() == Some(EDU_DEVICE)
 }
 
-/// Waits for `efd` to be signalled; returns its count.
-pub fn wait_eventfd(efd: &EventFd, limit: Duration) -> Option<u64> {
-    let mut pfd = libc::pollfd {
-        fd: efd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n == 1 {
-        efd.read().ok()
-    } else {
-        None
-    }
-}
-
 /// The edu's BAR0 through vm-vfio's mmap.
 pub struct EduBar {
     pub maps: Vec<BarMapping>,
@@ -123,45 +85,21 @@ impl EduBar {
             .find(|m| m.covers(off, len))
             .unwrap_or_else(|| panic!("BAR0+{off:#x} not mmap'ed"))
     }
-    pub fn r32(&self, off: u64) -> u32 {
+}
+
+/// BAR0 through vm-vfio's mmap.
+impl Bar0 for EduBar {
+    fn read32(&self, off: u64) -> u32 {
         self.part(off, 4).read_u32(off).expect("aligned")
     }
-    pub fn w32(&self, off: u64, v: u32) {
+    fn write32(&self, off: u64, v: u32) {
         self.part(off, 4).write_u32(off, v).expect("aligned")
     }
-    pub fn r64(&self, off: u64) -> u64 {
+    fn read64(&self, off: u64) -> u64 {
         self.part(off, 8).read_u64(off).expect("aligned")
     }
-    pub fn w64(&self, off: u64, v: u64) {
+    fn write64(&self, off: u64, v: u64) {
         self.part(off, 8).write_u64(off, v).expect("aligned")
-    }
-    /// One edu DMA, validated first (an out-of-range edu DMA aborts QEMU), polled to the end.
-    pub fn dma(&self, ram_iova: u64, dev_off: u64, count: u64, to_ram: bool, irq: bool) {
-        assert!(count > 0 && count < 4096 && dev_off + count < 4096);
-        assert!(ram_iova + count <= EDU_DMA_LIMIT);
-        let dev = EDU_BUF + dev_off;
-        let (src, dst) = if to_ram {
-            (dev, ram_iova)
-        } else {
-            (ram_iova, dev)
-        };
-        self.w64(REG_DMA_SRC, src);
-        self.w64(REG_DMA_DST, dst);
-        self.w64(REG_DMA_COUNT, count);
-        let cmd = DMA_START | if to_ram { DMA_TO_RAM } else { 0 } | if irq { DMA_IRQ } else { 0 };
-        self.w64(REG_DMA_CMD, cmd);
-        let start = Instant::now();
-        while self.r64(REG_DMA_CMD) & DMA_START != 0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "edu DMA did not finish in 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    pub fn ack(&self) {
-        let s = self.r32(REG_IRQ_STATUS);
-        self.w32(REG_IRQ_ACK, s);
     }
 }
 
@@ -485,18 +423,18 @@ pub fn edu_dma_and_msi(test: &str, kind: BackendKind) {
     let src = GuestAddress((16 << 20) + 0x1000);
     let dst = GuestAddress((64 << 20) + 0x2000);
     mem.write_slice(&pattern, src).unwrap();
-    bar.dma(src.0, 0, pattern.len() as u64, false, true);
+    bar.dma(src.0, 0, pattern.len() as u64, Direction::ToDevice, true);
     assert!(
         wait_eventfd(&msi, Duration::from_secs(5)).is_some(),
         "completion MSI (RAM to device)"
     );
-    bar.ack();
-    bar.dma(dst.0, 0, pattern.len() as u64, true, true);
+    bar.ack_irq();
+    bar.dma(dst.0, 0, pattern.len() as u64, Direction::ToRam, true);
     assert!(
         wait_eventfd(&msi, Duration::from_secs(5)).is_some(),
         "completion MSI (device to RAM)"
     );
-    bar.ack();
+    bar.ack_irq();
     let mut back = vec![0u8; pattern.len()];
     mem.read_slice(&mut back, dst).unwrap();
     assert_eq!(back, pattern, "bytes through the edu DMA engine");
@@ -504,7 +442,7 @@ pub fn edu_dma_and_msi(test: &str, kind: BackendKind) {
     mapping.unmap().unwrap();
     let blocked = GuestAddress(0x3000);
     mem.write_slice(&[0x5a; 256], blocked).unwrap();
-    bar.dma(blocked.0, 0, 256, true, false);
+    bar.dma(blocked.0, 0, 256, Direction::ToRam, false);
     let mut after = [0u8; 256];
     mem.read_slice(&mut after, blocked).unwrap();
     assert_eq!(after, [0x5a; 256], "DMA to an unmapped IOVA reached RAM");
@@ -555,8 +493,8 @@ pub fn two_devices_share_one_context(test: &str, kind: BackendKind) {
         let src = GuestAddress(0x4000);
         let dst = GuestAddress((16 << 20) + 0x8000);
         mem.write_slice(&[0xc3; 512], src).unwrap();
-        bar.dma(src.0, 0x100, 512, false, false);
-        bar.dma(dst.0, 0x100, 512, true, false);
+        bar.dma(src.0, 0x100, 512, Direction::ToDevice, false);
+        bar.dma(dst.0, 0x100, 512, Direction::ToRam, false);
         let mut back = [0u8; 512];
         mem.read_slice(&mut back, dst).unwrap();
         assert_eq!(
