@@ -177,7 +177,10 @@ pub fn device_checks(inv: &Inventory, bdf: Bdf) -> Result<Vec<Check>> {
     checks.extend(group_checks(inv, dev));
     checks.push(driver_check(dev));
     checks.push(boot_vga_check(inv, dev));
-    checks.push(reset_check(dev));
+    checks.push(reset_check(
+        dev,
+        lists_reset_methods(inv.kernel_release.as_deref()),
+    ));
     checks.push(acs_check(inv, dev));
     if let Some(link) = &dev.link {
         if link.is_degraded() {
@@ -284,7 +287,17 @@ fn boot_vga_check(inv: &Inventory, dev: &PciDevice) -> Check {
     Check::new("boot_vga", Level::Pass, "not the boot VGA device")
 }
 
-fn reset_check(dev: &PciDevice) -> Check {
+/// Whether this kernel has the `reset_method` attribute (Linux 5.15+). Where it does, a
+/// device without the attribute has no reset method at all: the kernel creates it only
+/// when there is one. `None`: release unknown.
+fn lists_reset_methods(release: Option<&str>) -> Option<bool> {
+    let mut parts = release?.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    Some((major, minor) >= (5, 15))
+}
+
+fn reset_check(dev: &PciDevice, kernel_lists_methods: Option<bool>) -> Check {
     let id = "reset";
     if !dev.reset_methods.is_empty() {
         let m = dev.reset_methods.join(" ");
@@ -293,7 +306,14 @@ fn reset_check(dev: &PciDevice) -> Check {
         }
         return Check::new(id, Level::Pass, format!("reset methods: {m}"));
     }
-    // Kernels before 5.15 (and captures) have no reset_method: judge from capabilities.
+    if kernel_lists_methods == Some(true) {
+        return Check::new(
+            id,
+            Level::Fail,
+            "no reset method: the kernel lists none for this device (no reset_method attribute), so it cannot be reset between tenants",
+        );
+    }
+    // Kernels before 5.15 have no reset_method attribute: judge from capabilities.
     let caps = &dev.capabilities;
     if caps.pcie().is_some_and(|p| p.flr) {
         return Check::new(
@@ -317,7 +337,7 @@ fn reset_check(dev: &PciDevice) -> Check {
         return Check::new(
             id,
             Level::Warn,
-            "unknown: no reset_method attribute and the config space is not readable (run as root)",
+            "unknown: this kernel has no reset_method attribute and the config space is not readable (run as root)",
         );
     }
     Check::new(
@@ -382,5 +402,20 @@ fn acs_check(inv: &Inventory, dev: &PciDevice) -> Check {
                 problems.join("; ")
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lists_reset_methods;
+
+    #[test]
+    fn reset_method_attribute_exists_from_5_15() {
+        assert_eq!(lists_reset_methods(Some("6.18.44-fc-v669")), Some(true));
+        assert_eq!(lists_reset_methods(Some("5.15.0-91-generic")), Some(true));
+        assert_eq!(lists_reset_methods(Some("5.10.0")), Some(false));
+        assert_eq!(lists_reset_methods(Some("4.19")), Some(false));
+        assert_eq!(lists_reset_methods(Some("garbage")), None);
+        assert_eq!(lists_reset_methods(None), None);
     }
 }

@@ -233,9 +233,20 @@ fn malformed_config_space_is_a_warning_not_a_panic() {
         "{:?}",
         d.capabilities.warnings
     );
-    // No reset_method attribute: judged from capabilities (PM without No_Soft_Reset).
+    // No reset_method attribute on a kernel that has it (6.1 here): no reset method at all.
     let checks = device_checks(&inv, d.bdf).unwrap();
+    assert_eq!(check(&checks, "reset").level, Level::Fail);
+}
+
+#[test]
+fn before_linux_5_15_reset_is_judged_from_capabilities() {
+    let (t, _) = iommu_host();
+    std::fs::write(t.path().join("kernel-release"), "5.10.0\n").unwrap();
+    let inv = Inventory::scan(&SysfsRoot::new(t.path())).unwrap();
+    // The cyclic-config device has PM without No_Soft_Reset: a D3hot reset works.
+    let checks = device_checks(&inv, bdf("0000:00:05.0")).unwrap();
     assert_eq!(check(&checks, "reset").level, Level::Pass);
+    assert!(check(&checks, "reset").message.contains("PM capability"));
 }
 
 #[test]
