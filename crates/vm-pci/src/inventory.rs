@@ -33,8 +33,10 @@ pub struct Unreadable {
 }
 
 impl Inventory {
-    /// Reads everything below `root`. Fails only when the device list itself cannot be
-    /// read; a bad device lands in [`Inventory::unreadable`].
+    /// Reads everything below `root`. A device that cannot be read lands in
+    /// [`Inventory::unreadable`]; the scan fails when the device list or an IOMMU group
+    /// cannot be read (a group's reserved regions decide what may be DMA-mapped, so a
+    /// malformed one is not skipped).
     pub fn scan(root: &SysfsRoot) -> Result<Inventory> {
         Self::scan_with(root, ConfigRead::Full)
     }
