@@ -157,31 +157,29 @@ pub fn parse_override(s: &str) -> Option<String> {
     (!t.is_empty() && t != "(null)").then(|| t.to_string())
 }
 
+fn to_io(e: vm_pci::Error) -> io::Error {
+    let kind = if e.is_not_found() {
+        io::ErrorKind::NotFound
+    } else {
+        io::ErrorKind::InvalidData
+    };
+    io::Error::new(kind, e.to_string())
+}
+
 /// Resolves a sysfs link with vm-pci's reader (symlinks, and captures' link-as-file).
 fn resolve_link(link: &Path) -> io::Result<PathBuf> {
-    vm_pci::SysfsRoot::new("/").read_link(link).map_err(|e| {
-        let kind = if e.is_not_found() {
-            io::ErrorKind::NotFound
-        } else {
-            io::ErrorKind::InvalidData
-        };
-        io::Error::new(kind, e.to_string())
-    })
+    vm_pci::SysfsRoot::new("/").read_link(link).map_err(to_io)
 }
 
 /// The last component of a link's target; `None` when the link is absent.
 fn link_name(link: &Path) -> io::Result<Option<String>> {
-    match resolve_link(link) {
-        Ok(p) => Ok(p.file_name().map(|n| n.to_string_lossy().into_owned())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    vm_pci::SysfsRoot::new("/").link_name(link).map_err(to_io)
 }
 
-/// True for base class 0x06 (host, ISA, PCI-to-PCI... bridges): they stay with their
-/// drivers when a group is handed to vfio-pci, as the kernel's viability rules allow.
+/// Bridges (base class 0x06: host, ISA, PCI-to-PCI...) stay with their drivers when a group
+/// is handed to vfio-pci, as the kernel's viability rules allow.
 pub fn is_bridge_class(class: u32) -> bool {
-    class >> 16 == 0x06
+    vm_pci::ClassCode::new(class).is_some_and(|c| c.is_bridge())
 }
 
 #[cfg(test)]
