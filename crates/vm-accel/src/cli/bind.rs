@@ -427,12 +427,7 @@ mod tests {
     }
 
     fn gpu_host() -> SimHost {
-        let mut audio = SimDevice::endpoint("0000:41:00.1", 5, Some("snd_hda_intel"));
-        audio.class = 0x040300;
-        SimHost::new()
-            .device(SimDevice::bridge("0000:40:01.0", 5))
-            .device(SimDevice::endpoint("0000:41:00.0", 5, Some("nvidia")))
-            .device(audio)
+        SimHost::gpu_with_audio()
     }
 
     #[test]

@@ -143,6 +143,19 @@ pub struct BindPlan {
 }
 
 impl BindPlan {
+    /// What the record must hold before the first write: each device this plan binds,
+    /// with the driver state to restore.
+    pub fn bind_records(&self) -> Vec<DeviceRecord> {
+        self.devices
+            .iter()
+            .filter(|d| d.action == Action::Bind)
+            .map(|d| DeviceRecord {
+                bdf: d.bdf,
+                original: d.original.clone(),
+            })
+            .collect()
+    }
+
     /// Every kernel operation, in execution order (what `--dry-run` prints).
     pub fn ops(&self) -> Vec<KernelOp> {
         let mut ops = Vec::new();
@@ -534,15 +547,7 @@ impl<K: Kernel> Binder<K> {
                 reasons: plan.refusals,
             });
         }
-        let devices: Vec<DeviceRecord> = plan
-            .devices
-            .iter()
-            .filter(|d| d.action == Action::Bind)
-            .map(|d| DeviceRecord {
-                bdf: d.bdf,
-                original: d.original.clone(),
-            })
-            .collect();
+        let devices = plan.bind_records();
         if devices.is_empty() {
             return Ok(Outcome {
                 target: bdf,

@@ -103,6 +103,16 @@ impl SimHost {
         self.devices.push(d);
         self
     }
+    /// The common passthrough case: a GPU (nvidia) and its audio function (snd_hda_intel)
+    /// in IOMMU group 5, behind a bridge that shares the group.
+    pub fn gpu_with_audio() -> SimHost {
+        let mut audio = SimDevice::endpoint("0000:41:00.1", 5, Some("snd_hda_intel"));
+        audio.class = 0x040300;
+        SimHost::new()
+            .device(SimDevice::bridge("0000:40:01.0", 5))
+            .device(SimDevice::endpoint("0000:41:00.0", 5, Some("nvidia")))
+            .device(audio)
+    }
     /// Registers a driver at start (e.g. vfio-pci already loaded).
     pub fn loaded(mut self, driver: &str) -> SimHost {
         self.loaded.insert(driver.to_string());

@@ -56,13 +56,7 @@ impl Host {
 
 /// A GPU with its audio function in group 5 behind a bridge, plus an unrelated NIC.
 fn gpu_host() -> SimHost {
-    let mut audio = SimDevice::endpoint("0000:41:00.1", 5, Some("snd_hda_intel"));
-    audio.class = 0x040300;
-    SimHost::new()
-        .device(SimDevice::bridge("0000:40:01.0", 5))
-        .device(SimDevice::endpoint("0000:41:00.0", 5, Some("nvidia")))
-        .device(audio)
-        .device(SimDevice::endpoint("0000:42:00.0", 6, Some("mlx5_core")))
+    SimHost::gpu_with_audio().device(SimDevice::endpoint("0000:42:00.0", 6, Some("mlx5_core")))
 }
 
 fn st(driver: Option<&str>, ov: Option<&str>) -> DriverState {
@@ -353,15 +347,7 @@ fn crash_after_partial_bind_is_restored_from_the_record() {
             target: plan.target,
             iommu_group: plan.iommu_group,
             phase: Phase::Binding,
-            devices: plan
-                .devices
-                .iter()
-                .filter(|d| d.action == Action::Bind)
-                .map(|d| DeviceRecord {
-                    bdf: d.bdf,
-                    original: d.original.clone(),
-                })
-                .collect(),
+            devices: plan.bind_records(),
             pid: 1,
             created: 0,
         });
