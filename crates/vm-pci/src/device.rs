@@ -129,7 +129,9 @@ pub enum ConfigRead {
     /// a hypervisor, so 4 KiB per device is the expensive part of a scan.
     #[default]
     Full,
-    /// Only the 64-byte header (what `lspci` without `-v` reads): no capabilities.
+    /// Only the 64-byte header (what `lspci` without `-v` reads): no capabilities. A quick
+    /// listing: [`crate::Inventory::scan_with`] then also skips /proc/interrupts, so
+    /// interrupt remapping is judged from sysfs alone.
     Header,
 }
 

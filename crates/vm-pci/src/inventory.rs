@@ -67,7 +67,7 @@ impl Inventory {
         }
         devices.sort_by_key(|d| d.bdf);
         let groups = read_groups(root)?;
-        let iommu = read_iommu_info(root, groups.len())?;
+        let iommu = read_iommu_info(root, groups.len(), how == ConfigRead::Full)?;
         Ok(Inventory {
             devices,
             unreadable,

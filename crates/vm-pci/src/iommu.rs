@@ -173,12 +173,18 @@ fn iommu_cmdline_flags(cmdline: &str) -> Vec<String> {
         .collect()
 }
 
-/// Reads IOMMU units, groups count and interrupt-remapping evidence.
-pub fn read_iommu_info(root: &SysfsRoot, group_count: usize) -> Result<IommuInfo> {
+/// Reads IOMMU units, groups count and interrupt-remapping evidence. `probe_interrupts`:
+/// also look for remapped interrupt domains in the live /proc/interrupts, which can be
+/// megabytes on a many-CPU host (a quick listing skips it).
+pub fn read_iommu_info(
+    root: &SysfsRoot,
+    group_count: usize,
+    probe_interrupts: bool,
+) -> Result<IommuInfo> {
     let units = dir_names(&root.iommu_class_dir())?;
     let cmdline = root.kernel_cmdline().unwrap_or_default();
     let cmdline_flags = iommu_cmdline_flags(&cmdline);
-    let interrupt_remapping = detect_ir(root, &units, &cmdline_flags);
+    let interrupt_remapping = detect_ir(root, &units, &cmdline_flags, probe_interrupts);
     Ok(IommuInfo {
         units,
         group_count,
@@ -187,7 +193,12 @@ pub fn read_iommu_info(root: &SysfsRoot, group_count: usize) -> Result<IommuInfo
     })
 }
 
-fn detect_ir(root: &SysfsRoot, units: &[String], flags: &[String]) -> InterruptRemapping {
+fn detect_ir(
+    root: &SysfsRoot,
+    units: &[String],
+    flags: &[String],
+    probe_interrupts: bool,
+) -> InterruptRemapping {
     use InterruptRemapping::*;
     if let Some(f) = flags
         .iter()
@@ -196,7 +207,7 @@ fn detect_ir(root: &SysfsRoot, units: &[String], flags: &[String]) -> InterruptR
         return Disabled(format!("kernel command line has {f}"));
     }
     // Only the live /proc tells whether remapping is in use; a capture cannot.
-    if root.path() == Path::new("/sys") {
+    if probe_interrupts && root.path() == Path::new("/sys") {
         if let Ok(text) = std::fs::read_to_string("/proc/interrupts") {
             if text.contains("IR-") {
                 return Enabled("IR- interrupt domains in /proc/interrupts".into());
