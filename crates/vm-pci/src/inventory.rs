@@ -73,7 +73,7 @@ impl Inventory {
             unreadable,
             iommu,
             groups,
-            kernel_release: kernel_release(root),
+            kernel_release: root.kernel_release(),
             root: root.clone(),
         })
     }
@@ -159,17 +159,4 @@ pub struct GroupMember {
 pub enum Viability {
     Viable,
     NotViable { bound_to_host: Vec<GroupMember> },
-}
-
-fn kernel_release(root: &SysfsRoot) -> Option<String> {
-    let captured = root.path().join("kernel-release");
-    if let Ok(s) = std::fs::read_to_string(&captured) {
-        return Some(s.trim().to_string());
-    }
-    if root.path() == std::path::Path::new("/sys") {
-        return std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .ok()
-            .map(|s| s.trim().to_string());
-    }
-    None
 }

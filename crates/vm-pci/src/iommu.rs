@@ -207,7 +207,7 @@ fn detect_ir(
         return Disabled(format!("kernel command line has {f}"));
     }
     // Only the live /proc tells whether remapping is in use; a capture cannot.
-    if probe_interrupts && root.path() == Path::new("/sys") {
+    if probe_interrupts && root.is_live() {
         if let Ok(text) = std::fs::read_to_string("/proc/interrupts") {
             if text.contains("IR-") {
                 return Enabled("IR- interrupt domains in /proc/interrupts".into());

@@ -133,7 +133,7 @@ fn vfio_module_check(inv: &Inventory) -> Check {
             "cannot tell: this sysfs root has no module/ directory (a capture without module state?)",
         );
     }
-    match inv.kernel_release.as_deref().filter(|_| inv.root.path() == Path::new("/sys")) {
+    match inv.kernel_release.as_deref().filter(|_| inv.root.is_live()) {
         Some(rel) if module_available(rel, "vfio-pci") => Check::new(
             id,
             Level::Warn,

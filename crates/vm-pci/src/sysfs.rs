@@ -55,18 +55,34 @@ impl SysfsRoot {
         self.path.join("module")
     }
 
-    /// The kernel command line. On a live host it is `/proc/cmdline`; a capture keeps it in
-    /// `<root>/cmdline`, which is preferred when present.
-    pub fn kernel_cmdline(&self) -> Option<String> {
-        let captured = self.path.join("cmdline");
-        let path = if captured.exists() || self.path != Path::new("/sys") {
+    /// Whether this root is the live `/sys` (so /proc describes the same host).
+    pub fn is_live(&self) -> bool {
+        self.path == Path::new("/sys")
+    }
+
+    /// Host facts that live outside sysfs: a capture keeps them as `<root>/<captured>`
+    /// (preferred when present); the live `/sys` reads them from `live` (under /proc).
+    fn host_fact(&self, captured: &str, live: &str) -> Option<String> {
+        let captured = self.path.join(captured);
+        let path = if captured.exists() || !self.is_live() {
             captured
         } else {
-            PathBuf::from("/proc/cmdline")
+            PathBuf::from(live)
         };
         std::fs::read_to_string(path)
             .ok()
             .map(|s| s.trim().to_string())
+    }
+
+    /// The kernel command line (`<root>/cmdline` in a capture, else `/proc/cmdline`).
+    pub fn kernel_cmdline(&self) -> Option<String> {
+        self.host_fact("cmdline", "/proc/cmdline")
+    }
+
+    /// The kernel release (`<root>/kernel-release` in a capture, else
+    /// `/proc/sys/kernel/osrelease`).
+    pub fn kernel_release(&self) -> Option<String> {
+        self.host_fact("kernel-release", "/proc/sys/kernel/osrelease")
     }
 
     /// Resolves a sysfs link to the directory it names.
