@@ -6,6 +6,8 @@
 //! [`vm_cuda`] (GPU health checks). What this crate adds is the join between them: a PCI
 //! function and the CUDA device that is the same hardware, matched by PCI bus id.
 
+pub mod attach;
+
 pub use vm_cuda;
 pub use vm_pci;
 pub use vm_vfio;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vfio_ioctls::{VfioContainer, VfioOps};
+use vfio_ioctls::{VfioContainer, VfioDeviceFd, VfioOps};
 
 use super::dma::IovaRange;
 use super::error::{Error, Result};
@@ -139,8 +139,20 @@ impl std::fmt::Debug for IommuContext {
 }
 
 impl IommuContext {
-    /// Opens a container (legacy) or an iommufd with a fresh IOAS.
+    /// Opens a container (legacy) or an iommufd with a fresh IOAS, not registered with KVM
+    /// (for host-side users: tests, benchmarks, user-space drivers).
     pub fn open(kind: BackendKind) -> Result<Arc<IommuContext>> {
+        IommuContext::open_for_kvm(kind, None)
+    }
+
+    /// Opens a container or IOAS whose devices are registered with a VM's KVM VFIO device
+    /// (`KVM_DEV_VFIO_FILE_ADD` of each group or cdev as it is opened, `FILE_DEL` when it is
+    /// closed). KVM needs this to know the VM does non-coherent DMA and, on some platforms,
+    /// to let the guest use the device's interrupts and MMIO properly.
+    pub fn open_for_kvm(
+        kind: BackendKind,
+        kvm: Option<Arc<VfioDeviceFd>>,
+    ) -> Result<Arc<IommuContext>> {
         let err = |op: &str, source| Error::Vfio {
             device: "(iommu)".into(),
             op: op.into(),
@@ -148,7 +160,7 @@ impl IommuContext {
         };
         match kind {
             BackendKind::Legacy => {
-                let c = VfioContainer::new(None).map_err(|e| err("open /dev/vfio/vfio", e))?;
+                let c = VfioContainer::new(kvm).map_err(|e| err("open /dev/vfio/vfio", e))?;
                 Ok(Arc::new(IommuContext {
                     kind,
                     live: Default::default(),
@@ -164,7 +176,7 @@ impl IommuContext {
                     op: "open /dev/iommu".into(),
                     reason: super::error::chain(&e),
                 })?;
-                let v = vfio_ioctls::VfioIommufd::new(Arc::new(fd), None, None)
+                let v = vfio_ioctls::VfioIommufd::new(Arc::new(fd), None, kvm)
                     .map_err(|e| err("allocate an IOAS", e))?;
                 Ok(Arc::new(IommuContext {
                     kind,

@@ -332,6 +332,14 @@ impl Device {
     /// Maps every mmap'able part of a BAR (sparse areas, minus the MSI-X table and PBA
     /// pages). Parts not mapped must be accessed with [`Device::read_region`].
     pub fn mmap_bar(&self, bar: u8) -> Result<Vec<BarMapping>> {
+        self.mmap_bar_aligned(bar, MmapAlign::Page)
+    }
+
+    /// Like [`Device::mmap_bar`], with each part placed at a host address congruent to its
+    /// BAR offset modulo `align`'s alignment: with [`MmapAlign::Huge`] the kernel can map a
+    /// large BAR with PMD/PUD-sized pfnmap entries (Linux 6.12+ huge pfnmap) instead of
+    /// millions of 4 KiB PTEs, and KVM can map it into the guest with large pages.
+    pub fn mmap_bar_aligned(&self, bar: u8, align: MmapAlign) -> Result<Vec<BarMapping>> {
         let index = RegionIndex::Bar(bar);
         let r = self.region(index)?.clone();
         if !r.mmappable() {
@@ -350,24 +358,42 @@ impl Device {
             }
             let len = usize::try_from(a.size)
                 .map_err(|_| self.invalid(format!("mmap {index}"), "area too large"))?;
-            // SAFETY: a fresh shared mapping of the device fd at the region's offset; the
-            // kernel validates offset and length against the region.
+            let alignment = align.bytes(r.size, page);
+            let what = || format!("mmap {index}+{:#x} ({:#x} bytes)", a.offset, a.size);
+            let hint = if alignment > page {
+                aligned_hint(len, alignment, a.offset).map_err(|e| self.os(what(), e))?
+            } else {
+                None
+            };
+            let flags = libc::MAP_SHARED | if hint.is_some() { libc::MAP_FIXED } else { 0 };
+            // SAFETY: a shared mapping of the device fd at the region's offset; the kernel
+            // validates offset and length. With MAP_FIXED the target is the PROT_NONE
+            // reservation `aligned_hint` made for exactly this length, which nothing else uses.
             let p = unsafe {
                 libc::mmap(
-                    std::ptr::null_mut(),
+                    hint.unwrap_or(std::ptr::null_mut()),
                     len,
                     prot,
-                    libc::MAP_SHARED,
+                    flags,
                     self.dev.as_raw_fd(),
                     (r.offset + a.offset) as libc::off_t,
                 )
             };
             if p == libc::MAP_FAILED {
-                return Err(self.os(
-                    format!("mmap {index}+{:#x} ({:#x} bytes)", a.offset, a.size),
-                    std::io::Error::last_os_error(),
-                ));
+                let e = std::io::Error::last_os_error();
+                if let Some(h) = hint {
+                    // SAFETY: releases the reservation made above (still ours after a failed
+                    // MAP_FIXED mmap).
+                    unsafe { libc::munmap(h, len) };
+                }
+                return Err(self.os(what(), e));
             }
+            log::debug!(
+                "{}: {index}+{:#x} ({:#x} bytes) mmapped at {p:p} (alignment {alignment:#x})",
+                self.bdf,
+                a.offset,
+                a.size
+            );
             out.push(BarMapping {
                 bar,
                 offset: a.offset,
@@ -576,6 +602,72 @@ impl Device {
     }
 }
 
+/// How BAR mmaps are placed in the host's address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MmapAlign {
+    /// Wherever the kernel puts them (page aligned).
+    Page,
+    /// Aligned to 1 GiB, or to the largest power of two not above the BAR's size when that
+    /// is smaller, so huge pfnmap entries can be used.
+    #[default]
+    Huge,
+}
+
+impl MmapAlign {
+    /// The alignment for a BAR of `bar_size` bytes.
+    pub fn bytes(self, bar_size: u64, page: u64) -> u64 {
+        match self {
+            MmapAlign::Page => page,
+            MmapAlign::Huge => {
+                let pow2 = if bar_size == 0 {
+                    page
+                } else {
+                    1u64 << (63 - bar_size.leading_zeros())
+                };
+                pow2.clamp(page, 1 << 30)
+            }
+        }
+    }
+}
+
+/// Reserves `len` bytes of address space at an address `a` with `a ≡ offset (mod align)`
+/// and returns it (PROT_NONE, to be replaced by a MAP_FIXED mapping of the same length).
+fn aligned_hint(len: usize, align: u64, offset: u64) -> std::io::Result<Option<*mut libc::c_void>> {
+    let align_us = usize::try_from(align).map_err(|_| std::io::Error::other("alignment"))?;
+    let span = len
+        .checked_add(align_us)
+        .ok_or_else(|| std::io::Error::other("mapping too large to align"))?;
+    // SAFETY: a fresh anonymous PROT_NONE reservation; nothing can access it.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let b = base as usize;
+    let want = (offset % align) as usize;
+    // The first address >= b that is ≡ want (mod align).
+    let start = b + ((want + align_us - (b % align_us)) % align_us);
+    let end = start + len;
+    // SAFETY: trims the parts of our own reservation outside [start, end).
+    unsafe {
+        if start > b {
+            libc::munmap(base, start - b);
+        }
+        if b + span > end {
+            libc::munmap(end as *mut libc::c_void, b + span - end);
+        }
+    }
+    Ok(Some(start as *mut libc::c_void))
+}
+
 fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -722,6 +814,33 @@ impl Drop for BarMapping {
                 self.offset,
                 std::io::Error::last_os_error()
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod align_tests {
+    use super::*;
+
+    #[test]
+    fn huge_alignment_follows_the_bar_size_up_to_1_gib() {
+        let page = 4096;
+        assert_eq!(MmapAlign::Huge.bytes(256 << 30, page), 1 << 30);
+        assert_eq!(MmapAlign::Huge.bytes(1 << 30, page), 1 << 30);
+        assert_eq!(MmapAlign::Huge.bytes(16 << 20, page), 16 << 20);
+        assert_eq!(MmapAlign::Huge.bytes(24 << 20, page), 16 << 20);
+        assert_eq!(MmapAlign::Huge.bytes(256, page), page);
+        assert_eq!(MmapAlign::Page.bytes(256 << 30, page), page);
+    }
+
+    #[test]
+    fn aligned_hints_are_congruent_to_the_offset() {
+        for (align, offset) in [(2u64 << 20, 0u64), (2 << 20, 0x3000), (1 << 30, 0x10_0000)] {
+            let len = 0x4000;
+            let p = aligned_hint(len, align, offset).unwrap().unwrap();
+            assert_eq!((p as u64) % align, offset % align, "align {align:#x}");
+            // SAFETY: releases the reservation just made.
+            assert_eq!(unsafe { libc::munmap(p, len) }, 0);
         }
     }
 }

@@ -106,6 +106,12 @@ pub enum IrqSet {
         start: u32,
         count: u32,
     },
+    /// Unmask vector `vector` whenever `fd` is signalled (INTx: KVM's resample eventfd
+    /// unmasks the line after the guest's EOI without a VMM round trip).
+    UnmaskEventfd {
+        vector: u32,
+        fd: RawFd,
+    },
 }
 
 impl IrqSet {
@@ -136,6 +142,12 @@ impl IrqSet {
                 *count,
                 Vec::new(),
             ),
+            IrqSet::UnmaskEventfd { vector, fd } => (
+                SET_DATA_EVENTFD | SET_ACTION_UNMASK,
+                *vector,
+                1,
+                fd.to_ne_bytes().to_vec(),
+            ),
         };
         let argsz = (IRQ_SET_LEN + data.len()) as u32;
         let mut b = Vec::with_capacity(argsz as usize);
@@ -154,6 +166,7 @@ impl IrqSet {
             IrqSet::Mask { start, count }
             | IrqSet::Unmask { start, count }
             | IrqSet::Trigger { start, count } => (*start, *count),
+            IrqSet::UnmaskEventfd { vector, .. } => (*vector, 1),
         };
         if info.count == 0 {
             return Err(format!("the device offers no {} interrupts", info.index));
@@ -166,7 +179,11 @@ impl IrqSet {
                 info.index
             ));
         }
-        if matches!(self, IrqSet::Mask { .. } | IrqSet::Unmask { .. }) && !info.maskable() {
+        if matches!(
+            self,
+            IrqSet::Mask { .. } | IrqSet::Unmask { .. } | IrqSet::UnmaskEventfd { .. }
+        ) && !info.maskable()
+        {
             return Err(format!(
                 "{} is not maskable through VFIO (vfio-pci masks only INTx; mask MSI/MSI-X vectors by detaching their eventfd)",
                 info.index
@@ -184,6 +201,31 @@ mod tests {
         b.chunks(4)
             .map(|c| u32::from_ne_bytes(c.try_into().unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn unmask_eventfd_layout_and_check() {
+        let b = IrqSet::UnmaskEventfd { vector: 0, fd: 11 }.to_bytes(IrqIndex::Intx);
+        assert_eq!(
+            u32s(&b),
+            vec![24, SET_DATA_EVENTFD | SET_ACTION_UNMASK, 0, 0, 1, 11]
+        );
+        let intx = IrqInfo {
+            index: IrqIndex::Intx,
+            flags: INFO_EVENTFD | INFO_MASKABLE | INFO_AUTOMASKED,
+            count: 1,
+        };
+        IrqSet::UnmaskEventfd { vector: 0, fd: 3 }
+            .check(&intx)
+            .unwrap();
+        let msi = IrqInfo {
+            index: IrqIndex::Msi,
+            flags: INFO_EVENTFD,
+            count: 1,
+        };
+        assert!(IrqSet::UnmaskEventfd { vector: 0, fd: 3 }
+            .check(&msi)
+            .is_err());
     }
 
     #[test]

@@ -1,0 +1,16 @@
+//! Attach: a VFIO device inside a KVM guest.
+//!
+//! - [`backend`]: what attach needs from a device (vm-vfio's `Device`, or [`soft`]'s
+//!   software stand-in for tests without VFIO).
+//! - [`config`]: the guest's view of config space (shadow BARs, MSI/MSI-X emulation).
+//! - [`error`]: one error for VFIO and KVM failures.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod soft;
+
+pub use backend::{BarMap, BarRegion, DeviceBackend};
+pub use config::{ConfigEvent, MsiLayout, MsiState, MsixLayout};
+pub use error::{Error, Result};
+pub use soft::{SoftBar, SoftDevice};
