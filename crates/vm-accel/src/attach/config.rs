@@ -1,8 +1,17 @@
 //! The guest's view of the device's config space: shadow BARs, emulated MSI and MSI-X
 //! capabilities, hidden capabilities, and which guest writes reach the device.
 //!
-//! (Skeleton: the types other attach modules exchange with the config emulation. The
-//! emulation itself, `VirtualConfig`, lives here too.)
+//! [`VirtualConfig`] decides, bit by bit, where each guest access goes. Every config byte has
+//! a rule built once from the device's config space (walked with [`vm_pci::ConfigSpace`]):
+//! bits served from the emulated copy (BARs, ROM, interrupt line, MSI/MSI-X, hidden and added
+//! capabilities), bits the guest may not change (read-only header fields, link control), and
+//! the rest, which passes through to the device. docs/embedding.md has the table.
+
+use vm_pci::config::CapDetail;
+use vm_pci::ConfigSpace;
+
+use super::backend::DeviceBackend;
+use super::error::{Error, Result};
 
 /// Where the device's MSI capability is and what it can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,4 +91,872 @@ pub enum ConfigEvent {
         /// Function Mask.
         function_mask: bool,
     },
+}
+
+/// What a BAR register declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarKind {
+    /// 32-bit memory BAR.
+    Mem32,
+    /// 64-bit memory BAR (this register and the next hold the address).
+    Mem64,
+    /// I/O port BAR.
+    Io,
+}
+
+/// One BAR as the guest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestBar {
+    /// BAR index (the low register of a 64-bit pair).
+    pub index: u8,
+    /// Memory (32/64-bit) or I/O.
+    pub kind: BarKind,
+    /// Size in bytes (a power of two).
+    pub size: u64,
+    /// Prefetchable memory.
+    pub prefetchable: bool,
+}
+
+/// Choices the VMM makes about the guest's view of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConfigOptions {
+    /// Add NVIDIA's GPUDirect P2P clique capability with this clique id (0..=15), as QEMU's
+    /// `x-nv-gpudirect-clique` does: GPUs of one clique may do P2P in the guest.
+    pub gpudirect_clique: Option<u8>,
+}
+
+/// Full PCIe config space; accesses must fall inside it.
+const CFG_LEN: usize = 0x1000;
+/// Conventional config space (standard capabilities live below it).
+const LEGACY_LEN: usize = 0x100;
+const COMMAND: usize = 0x04;
+const CMD_IO: u16 = 1 << 0;
+const CMD_MEM: u16 = 1 << 1;
+const STATUS: usize = 0x06;
+const STATUS_CAP_LIST: u8 = 0x10;
+const HEADER_TYPE: usize = 0x0e;
+const BAR0: usize = 0x10;
+const ROM: usize = 0x30;
+const CAP_PTR: usize = 0x34;
+const INT_LINE: usize = 0x3c;
+const HEADER_LEN: usize = 0x40;
+
+const CAP_PM: u8 = 0x01;
+const CAP_MSI: u8 = 0x05;
+const CAP_VENDOR: u8 = 0x09;
+const CAP_PCIE: u8 = 0x10;
+const CAP_MSIX: u8 = 0x11;
+
+const EXT_ARI: u16 = 0x000e;
+const EXT_SRIOV: u16 = 0x0010;
+const EXT_REBAR: u16 = 0x0015;
+const EXT_VF_REBAR: u16 = 0x0024;
+/// Extended capabilities the guest must not see: ARI and SR-IOV describe functions that are
+/// not passed through, and resizing a BAR would change a region the VMM has mapped (VF
+/// Resizable BAR belongs to the hidden SR-IOV capability).
+const HIDDEN_EXT: [u16; 4] = [EXT_ARI, EXT_SRIOV, EXT_REBAR, EXT_VF_REBAR];
+
+/// Where QEMU and Cloud Hypervisor put the GPUDirect clique capability; NVIDIA's driver
+/// accepts it anywhere in the standard list.
+const GPUDIRECT_AT: usize = 0xd4;
+const GPUDIRECT_LEN: usize = 8;
+const GPUDIRECT_MAX_CLIQUE: u8 = 15;
+
+/// How one config byte is served, bit by bit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ByteRule {
+    /// Bits read from the emulated copy; never written to the device.
+    virt: u8,
+    /// Emulated bits a guest write changes (a subset of `virt`).
+    wmask: u8,
+    /// Pass-through bits the guest may not change: the device's current value is written
+    /// back in their place (bits neither here nor in `virt` pass through).
+    keep: u8,
+}
+
+impl ByteRule {
+    const READ_ONLY: ByteRule = ByteRule {
+        virt: 0,
+        wmask: 0,
+        keep: 0xff,
+    };
+    fn emulated(wmask: u8) -> ByteRule {
+        ByteRule {
+            virt: 0xff,
+            wmask,
+            keep: 0,
+        }
+    }
+    /// Whether any bit of a guest write reaches the device.
+    fn reaches_device(self) -> bool {
+        self.virt | self.keep != 0xff
+    }
+}
+
+/// A BAR's shadow register and where the device serves it.
+#[derive(Debug, Clone, Copy)]
+struct BarState {
+    kind: BarKind,
+    size: u64,
+    prefetchable: bool,
+    /// The address the guest's BAR registers hold now.
+    shadow: u64,
+    /// The address the device is served at (memory slots, MMIO dispatch).
+    applied: u64,
+    /// Per register (low, high): the guest's last write was all ones (BAR sizing), so the
+    /// shadow holds the size mask, not an address.
+    sizing: [bool; 2],
+}
+
+impl BarState {
+    /// The address bits the BAR implements.
+    fn addr_mask(&self) -> u64 {
+        let low_flags: u64 = if self.kind == BarKind::Io { 0x3 } else { 0xf };
+        let width = if self.kind == BarKind::Mem64 {
+            u64::MAX
+        } else {
+            0xffff_ffff
+        };
+        !(self.size - 1) & width & !low_flags
+    }
+    fn flags(&self) -> u32 {
+        let pf = if self.prefetchable { 0x8 } else { 0 };
+        match self.kind {
+            BarKind::Io => 0x1,
+            BarKind::Mem32 => pf,
+            BarKind::Mem64 => 0x4 | pf,
+        }
+    }
+    fn register(&self, half: usize) -> u32 {
+        let a = self.shadow & self.addr_mask();
+        if half == 0 {
+            (a as u32) | self.flags()
+        } else {
+            (a >> 32) as u32
+        }
+    }
+    fn write_register(&mut self, half: usize, raw: u32) {
+        self.sizing[half] = raw == u32::MAX;
+        let v = if half == 0 {
+            (self.shadow & !0xffff_ffff) | u64::from(raw)
+        } else {
+            (self.shadow & 0xffff_ffff) | u64::from(raw) << 32
+        };
+        self.shadow = v & self.addr_mask();
+    }
+    fn decode_bit(&self) -> u16 {
+        if self.kind == BarKind::Io {
+            CMD_IO
+        } else {
+            CMD_MEM
+        }
+    }
+}
+
+/// The guest's view of one device's config space (see the module documentation).
+///
+/// It holds no reference to the device: every access takes the [`DeviceBackend`] whose
+/// config space it was built from.
+pub struct VirtualConfig {
+    name: String,
+    /// Bytes of config space the device implements (256 for conventional PCI, else 4096).
+    len: usize,
+    rules: Vec<ByteRule>,
+    emu: Vec<u8>,
+    /// Per BAR index: the BAR whose low register it is.
+    bars: [Option<BarState>; 6],
+    /// Per BAR register: the BAR it belongs to and which half (0 low, 1 high).
+    reg_owner: [Option<(usize, usize)>; 6],
+    /// COMMAND as the guest last wrote it (the device's value until the first write).
+    command: u16,
+    msi: Option<(MsiLayout, u16)>,
+    msi_state: MsiState,
+    msix: Option<MsixLayout>,
+    msix_state: (bool, bool),
+    gpudirect_at: Option<u16>,
+}
+
+impl std::fmt::Debug for VirtualConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualConfig")
+            .field("name", &self.name)
+            .field("bars", &self.bars())
+            .field("command", &format_args!("{:#06x}", self.command))
+            .field("msi", &self.msi)
+            .field("msix", &self.msix)
+            .field("gpudirect_at", &self.gpudirect_at)
+            .finish_non_exhaustive()
+    }
+}
+
+fn le16(b: &[u8], off: usize) -> u16 {
+    b.get(off..off + 2)
+        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+}
+fn le32(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4)
+        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// Bytes of an MSI capability with these features.
+fn msi_len(is_64bit: bool, per_vector_mask: bool) -> usize {
+    match (is_64bit, per_vector_mask) {
+        (false, false) => 0x0a,
+        (true, false) => 0x0e,
+        (false, true) => 0x14,
+        (true, true) => 0x18,
+    }
+}
+
+/// The offsets of the MSI fields after the address: data, mask, pending.
+fn msi_fields(l: &MsiLayout) -> (usize, usize, usize) {
+    let base = usize::from(l.offset);
+    if l.is_64bit {
+        (base + 0x0c, base + 0x10, base + 0x14)
+    } else {
+        (base + 0x08, base + 0x0c, base + 0x10)
+    }
+}
+
+/// Splits `len` bytes at `at` into naturally aligned 1/2/4-byte accesses.
+fn aligned_pieces(mut at: usize, mut len: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    while len > 0 {
+        let n = if at % 4 == 0 && len >= 4 {
+            4
+        } else if at % 2 == 0 && len >= 2 {
+            2
+        } else {
+            1
+        };
+        out.push((at, n));
+        at += n;
+        len -= n;
+    }
+    out
+}
+
+impl VirtualConfig {
+    /// Builds the guest's view from the device's config space and BAR regions.
+    ///
+    /// Fails on what cannot be served: a non-endpoint header (vfio-pci binds only type-0
+    /// functions), unreadable config space, a BAR that is not a power of two or does not
+    /// fit its register, MSI/MSI-X capabilities that run out of config space or point at a
+    /// missing BAR, or a GPUDirect clique with no room for its capability.
+    pub fn new(dev: &dyn DeviceBackend, opts: &ConfigOptions) -> Result<VirtualConfig> {
+        let name = dev.name();
+        let invalid = |reason: String| Error::invalid(name.clone(), "virtual config", reason);
+        let mut bytes = vec![0u8; LEGACY_LEN];
+        dev.config_read(0, &mut bytes)?;
+        let mut ext = vec![0u8; CFG_LEN - LEGACY_LEN];
+        let len = match dev.config_read(LEGACY_LEN as u64, &mut ext) {
+            Ok(()) => {
+                bytes.extend_from_slice(&ext);
+                CFG_LEN
+            }
+            Err(e) => {
+                log::debug!("{name}: no extended config space ({e}): conventional PCI");
+                LEGACY_LEN
+            }
+        };
+        if le16(&bytes, 0) == 0xffff {
+            return Err(invalid(
+                "vendor id reads 0xffff: the device does not respond".into(),
+            ));
+        }
+        let header = bytes[HEADER_TYPE] & 0x7f;
+        if header != 0 {
+            return Err(invalid(format!(
+                "header type {header}: only type-0 (endpoint) functions can be passed through"
+            )));
+        }
+
+        let mut vc = VirtualConfig {
+            name: name.clone(),
+            len,
+            rules: vec![ByteRule::default(); CFG_LEN],
+            emu: vec![0u8; CFG_LEN],
+            bars: [None; 6],
+            reg_owner: [None; 6],
+            command: le16(&bytes, COMMAND),
+            msi: None,
+            msi_state: MsiState::default(),
+            msix: None,
+            msix_state: (false, false),
+            gpudirect_at: None,
+        };
+
+        // Header. Read-only fields: the guest's writes never reach the device.
+        for r in [
+            0x00..0x04,
+            0x08..0x0c,
+            0x0f..0x10,
+            0x28..0x30,
+            0x34..0x3c,
+            0x3d..0x40,
+        ] {
+            for at in r {
+                vc.rules[at] = ByteRule::READ_ONLY;
+            }
+        }
+        vc.emulate(HEADER_TYPE, &[header], 0);
+        vc.emulate(ROM, &[0; 4], 0);
+        vc.emulate(INT_LINE, &[0], 0xff);
+        // BAR registers are emulated whole; `write` runs their logic.
+        vc.emulate(BAR0, &[0; 24], 0);
+        vc.setup_bars(dev, &bytes)?;
+
+        let caps = ConfigSpace::new(bytes.clone()).capabilities();
+        vc.setup_msi(&bytes, &caps)?;
+        vc.setup_msix(&bytes, &caps)?;
+        vc.setup_pcie(&caps);
+        vc.hide_ext_caps(&bytes, &caps);
+        if let Some(clique) = opts.gpudirect_clique {
+            vc.add_gpudirect(&bytes, &caps, clique)?;
+        }
+        Ok(vc)
+    }
+
+    /// Serves `init.len()` bytes at `at` from the emulated copy, `wmask` guest-writable.
+    fn emulate(&mut self, at: usize, init: &[u8], wmask: u8) {
+        for (i, &b) in init.iter().enumerate() {
+            if let (Some(r), Some(e)) = (self.rules.get_mut(at + i), self.emu.get_mut(at + i)) {
+                *r = ByteRule::emulated(wmask);
+                *e = b;
+            }
+        }
+    }
+
+    fn setup_bars(&mut self, dev: &dyn DeviceBackend, bytes: &[u8]) -> Result<()> {
+        let mut i = 0usize;
+        while i < 6 {
+            let idx = i as u8;
+            let Some(region) = dev.bar_region(idx) else {
+                i += 1;
+                continue;
+            };
+            let reg = le32(bytes, BAR0 + 4 * i);
+            let kind = if reg & 1 == 1 {
+                BarKind::Io
+            } else if (reg >> 1) & 3 == 2 {
+                BarKind::Mem64
+            } else {
+                BarKind::Mem32
+            };
+            let bad = |why: String| Error::invalid(self.name.clone(), "virtual config", why);
+            if kind == BarKind::Mem64 && i == 5 {
+                return Err(bad("BAR 5 declares 64 bits but has no register pair".into()));
+            }
+            let size = region.size;
+            if !size.is_power_of_two() {
+                return Err(bad(format!("BAR {i} size {size:#x} is not a power of two")));
+            }
+            if kind != BarKind::Mem64 && size > 1 << 32 {
+                return Err(bad(format!(
+                    "BAR {i} is {size:#x} bytes, too large for a 32-bit register"
+                )));
+            }
+            let min = if kind == BarKind::Io { 4 } else { 16 };
+            let bar = BarState {
+                kind,
+                size: size.max(min),
+                prefetchable: kind != BarKind::Io && reg & 0x8 != 0,
+                shadow: 0,
+                applied: 0,
+                sizing: [false; 2],
+            };
+            self.bars[i] = Some(bar);
+            self.reg_owner[i] = Some((i, 0));
+            self.sync_bar(i);
+            if kind == BarKind::Mem64 {
+                self.reg_owner[i + 1] = Some((i, 1));
+                if dev.bar_region(idx + 1).is_some() {
+                    log::warn!(
+                        "{}: BAR {} has a region but is the high half of 64-bit BAR {i}",
+                        self.name,
+                        i + 1
+                    );
+                }
+                i += 1;
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes BAR `bar`'s registers into the emulated copy.
+    fn sync_bar(&mut self, bar: usize) {
+        let Some(b) = self.bars.get(bar).copied().flatten() else {
+            return;
+        };
+        let at = BAR0 + 4 * bar;
+        self.emu[at..at + 4].copy_from_slice(&b.register(0).to_le_bytes());
+        if b.kind == BarKind::Mem64 {
+            self.emu[at + 4..at + 8].copy_from_slice(&b.register(1).to_le_bytes());
+        }
+    }
+
+    fn setup_msi(&mut self, bytes: &[u8], caps: &vm_pci::CapabilityList) -> Result<()> {
+        let Some((off, m)) = caps.standard.iter().find_map(|c| match &c.detail {
+            CapDetail::Msi(m) if c.id == CAP_MSI => Some((usize::from(c.offset), m.clone())),
+            _ => None,
+        }) else {
+            return Ok(());
+        };
+        let len = msi_len(m.is_64bit, m.per_vector_mask);
+        if off + len > LEGACY_LEN {
+            return Err(Error::invalid(
+                self.name.clone(),
+                "virtual config",
+                format!("MSI capability at {off:#x} runs past 0x100"),
+            ));
+        }
+        let layout = MsiLayout {
+            offset: off as u16,
+            max_vectors: u32::from(m.vectors),
+            is_64bit: m.is_64bit,
+            per_vector_mask: m.per_vector_mask,
+        };
+        // Everything starts zero (MSI off, as after reset) except the read-only bits:
+        // header, Multiple Message Capable, 64-bit, per-vector masking.
+        self.emulate(off, &[0; 0x18][..len], 0);
+        self.emulate(off, &bytes[off..off + 2], 0);
+        self.emulate(off + 2, &[bytes[off + 2] & 0x8e], 0x71);
+        self.emulate(off + 3, &[bytes[off + 3] & 0x01], 0);
+        self.emulate(off + 4, &[0; 4], 0xff);
+        self.rules[off + 4].wmask = 0xfc;
+        if m.is_64bit {
+            self.emulate(off + 8, &[0; 4], 0xff);
+        }
+        let (data, mask, _) = msi_fields(&layout);
+        self.emulate(data, &[0; 2], 0xff);
+        if m.per_vector_mask {
+            let valid = if layout.max_vectors >= 32 {
+                u32::MAX
+            } else {
+                (1u32 << layout.max_vectors) - 1
+            };
+            for (i, w) in valid.to_le_bytes().into_iter().enumerate() {
+                self.rules[mask + i].wmask = w;
+            }
+        }
+        self.msi = Some((layout, len as u16));
+        Ok(())
+    }
+
+    fn setup_msix(&mut self, bytes: &[u8], caps: &vm_pci::CapabilityList) -> Result<()> {
+        let Some((off, m)) = caps.standard.iter().find_map(|c| match &c.detail {
+            CapDetail::Msix(m) if c.id == CAP_MSIX => Some((usize::from(c.offset), m.clone())),
+            _ => None,
+        }) else {
+            return Ok(());
+        };
+        let bad = |why: String| Error::invalid(self.name.clone(), "virtual config", why);
+        if off + 12 > LEGACY_LEN {
+            return Err(bad(format!("MSI-X capability at {off:#x} runs past 0x100")));
+        }
+        for (what, loc, len) in [
+            ("table", m.table, m.table_len()),
+            ("PBA", m.pba, m.pba_len()),
+        ] {
+            let bar = self.bars.get(usize::from(loc.bar)).copied().flatten();
+            let fits = bar.is_some_and(|b| u64::from(loc.offset) + len <= b.size);
+            if !fits {
+                return Err(bad(format!(
+                    "MSI-X {what} ({len:#x} bytes at {:#x} in BAR {}) is outside the device's BARs",
+                    loc.offset, loc.bar
+                )));
+            }
+        }
+        // The capability reads as the device has it, with MSI-X off; only Enable and
+        // Function Mask are writable, and they never reach the device (attach drives VFIO).
+        self.emulate(off, &bytes[off..off + 12], 0);
+        self.emulate(off + 3, &[bytes[off + 3] & 0x07], 0xc0);
+        self.msix = Some(MsixLayout {
+            offset: off as u16,
+            table_size: m.table_size,
+            table_bar: m.table.bar,
+            table_offset: m.table.offset,
+            pba_bar: m.pba.bar,
+            pba_offset: m.pba.offset,
+        });
+        Ok(())
+    }
+
+    /// PCIe Link Control's Link Disable and Retrain Link, and all of Link Control 2 (target
+    /// speed, compliance modes): a guest must not take the physical link down or retune it.
+    fn setup_pcie(&mut self, caps: &vm_pci::CapabilityList) {
+        let Some((off, version)) = caps.standard.iter().find_map(|c| match &c.detail {
+            CapDetail::Pcie(p) if c.id == CAP_PCIE => Some((usize::from(c.offset), p.version)),
+            _ => None,
+        }) else {
+            return;
+        };
+        if off + 0x12 <= LEGACY_LEN {
+            self.rules[off + 0x10].keep |= 0x30;
+        }
+        if version >= 2 && off + 0x32 <= LEGACY_LEN {
+            self.rules[off + 0x30] = ByteRule::READ_ONLY;
+            self.rules[off + 0x31] = ByteRule::READ_ONLY;
+        }
+    }
+
+    /// Hidden extended capabilities keep their next pointer (the chain stays walkable) but
+    /// read id 0, and their bodies read 0 and drop writes.
+    fn hide_ext_caps(&mut self, bytes: &[u8], caps: &vm_pci::CapabilityList) {
+        let mut starts: Vec<usize> = caps
+            .extended
+            .iter()
+            .map(|c| usize::from(c.offset))
+            .collect();
+        starts.sort_unstable();
+        for c in caps.extended.iter().filter(|c| HIDDEN_EXT.contains(&c.id)) {
+            let off = usize::from(c.offset);
+            let body = match c.id {
+                EXT_ARI => 8,
+                EXT_SRIOV => 0x40,
+                // Resizable BAR: one capability/control pair per resizable BAR (1..=6).
+                _ => 4 + 8 * ((le32(bytes, off + 8) >> 5) & 7).clamp(1, 6) as usize,
+            };
+            let next = starts.iter().copied().find(|&s| s > off).unwrap_or(CFG_LEN);
+            let end = (off + body).min(next).min(CFG_LEN);
+            let hdr = le32(bytes, off) & 0xfff0_0000;
+            self.emulate(off, &vec![0u8; end - off], 0);
+            self.emulate(off, &hdr.to_le_bytes(), 0);
+            log::debug!("{}: hiding {} at {off:#x}", self.name, c.name());
+        }
+    }
+
+    /// Adds the GPUDirect clique capability at the end of the standard list.
+    fn add_gpudirect(
+        &mut self,
+        bytes: &[u8],
+        caps: &vm_pci::CapabilityList,
+        clique: u8,
+    ) -> Result<()> {
+        let bad = |why: String| Error::invalid(self.name.clone(), "GPUDirect clique", why);
+        if clique > GPUDIRECT_MAX_CLIQUE {
+            return Err(bad(format!("clique {clique} is not in 0..=15")));
+        }
+        let mut used = [false; LEGACY_LEN];
+        used[..HEADER_LEN].fill(true);
+        let mut starts: Vec<usize> = caps
+            .standard
+            .iter()
+            .map(|c| usize::from(c.offset))
+            .collect();
+        starts.sort_unstable();
+        for c in &caps.standard {
+            let off = usize::from(c.offset);
+            let next = starts
+                .iter()
+                .copied()
+                .find(|&s| s > off)
+                .unwrap_or(LEGACY_LEN);
+            let len = match (c.id, &c.detail) {
+                (CAP_PM, _) => 8,
+                (CAP_MSI, CapDetail::Msi(m)) => msi_len(m.is_64bit, m.per_vector_mask),
+                (CAP_PCIE, CapDetail::Pcie(p)) => {
+                    if p.version >= 2 {
+                        0x3c
+                    } else {
+                        0x24
+                    }
+                }
+                (CAP_MSIX, _) => 12,
+                (CAP_VENDOR, _) => usize::from(bytes[off + 2]).max(3),
+                // Unknown length: assume it runs up to the next capability.
+                _ => next - off,
+            };
+            let end = (off + len).min(LEGACY_LEN);
+            used[off..end].fill(true);
+        }
+        let free = |at: usize| !used[at..at + GPUDIRECT_LEN].iter().any(|&u| u);
+        let at = std::iter::once(GPUDIRECT_AT)
+            .chain((HEADER_LEN..=LEGACY_LEN - GPUDIRECT_LEN).step_by(4))
+            .find(|&at| free(at))
+            .ok_or_else(|| bad("no free 8-byte slot in config space 0x40..0xff".into()))?;
+        let mut cap = [0u8; GPUDIRECT_LEN];
+        cap[..4].copy_from_slice(&0x5008_0009u32.to_le_bytes());
+        cap[4..].copy_from_slice(&(u32::from(clique) << 19 | 0x5032).to_le_bytes());
+        self.emulate(at, &cap, 0);
+        match caps.standard.last() {
+            Some(last) => self.emulate(usize::from(last.offset) + 1, &[at as u8], 0),
+            None => {
+                self.emulate(CAP_PTR, &[at as u8], 0);
+                self.rules[STATUS] = ByteRule {
+                    virt: STATUS_CAP_LIST,
+                    wmask: 0,
+                    keep: 0,
+                };
+                self.emu[STATUS] = STATUS_CAP_LIST;
+            }
+        }
+        self.gpudirect_at = Some(at as u16);
+        log::debug!(
+            "{}: GPUDirect clique {clique} capability at {at:#x}",
+            self.name
+        );
+        Ok(())
+    }
+
+    /// The BARs the guest sees, in index order.
+    pub fn bars(&self) -> Vec<GuestBar> {
+        self.bars
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                b.map(|b| GuestBar {
+                    index: i as u8,
+                    kind: b.kind,
+                    size: b.size,
+                    prefetchable: b.prefetchable,
+                })
+            })
+            .collect()
+    }
+
+    /// The device's MSI capability, when it has one.
+    pub fn msi(&self) -> Option<MsiLayout> {
+        self.msi.map(|(l, _)| l)
+    }
+
+    /// The device's MSI-X capability, when it has one.
+    pub fn msix(&self) -> Option<MsixLayout> {
+        self.msix
+    }
+
+    /// Where the GPUDirect clique capability was placed, when one was asked for.
+    pub fn gpudirect_offset(&self) -> Option<u16> {
+        self.gpudirect_at
+    }
+
+    /// The VMM's initial placement of BAR `bar`: the guest reads it, and the device is
+    /// served there. Ignored (with a warning) for a BAR the device does not have.
+    pub fn set_bar_address(&mut self, bar: u8, gpa: u64) {
+        let Some(Some(b)) = self.bars.get_mut(usize::from(bar)) else {
+            log::warn!("{}: set_bar_address: no BAR {bar}", self.name);
+            return;
+        };
+        let addr = gpa & b.addr_mask();
+        if addr != gpa {
+            log::warn!(
+                "{}: BAR {bar} address {gpa:#x} is not aligned to its size {:#x}; using {addr:#x}",
+                self.name,
+                b.size
+            );
+        }
+        b.shadow = addr;
+        b.applied = addr;
+        b.sizing = [false; 2];
+        self.sync_bar(usize::from(bar));
+    }
+
+    /// The address BAR `bar` is served at (`None`: no such BAR).
+    pub fn bar_address(&self, bar: u8) -> Option<u64> {
+        self.bars
+            .get(usize::from(bar))
+            .copied()
+            .flatten()
+            .map(|b| b.applied)
+    }
+
+    /// The device now serves the [`ConfigEvent::BarMove`] of `bar`: applied := shadow.
+    pub fn bar_applied(&mut self, bar: u8) {
+        if let Some(Some(b)) = self.bars.get_mut(usize::from(bar)) {
+            b.applied = b.shadow;
+        }
+    }
+
+    /// The move of `bar` failed: the guest's BAR reads the address still served.
+    pub fn rollback_bar(&mut self, bar: u8) {
+        if let Some(Some(b)) = self.bars.get_mut(usize::from(bar)) {
+            b.shadow = b.applied;
+            b.sizing = [false; 2];
+            self.sync_bar(usize::from(bar));
+        }
+    }
+
+    fn check_access(&self, off: u16, len: usize, op: &str) -> Result<usize> {
+        let at = usize::from(off);
+        if !matches!(len, 1 | 2 | 4) || at % len != 0 || at >= CFG_LEN {
+            return Err(Error::invalid(
+                self.name.clone(),
+                format!("config {op} at {off:#x}"),
+                format!(
+                    "{len}-byte access: must be 1, 2 or 4 bytes, naturally aligned, below 0x1000"
+                ),
+            ));
+        }
+        Ok(at)
+    }
+
+    /// A guest config read of 1, 2 or 4 naturally aligned bytes at `off` (< 4096).
+    pub fn read(&self, dev: &dyn DeviceBackend, off: u16, data: &mut [u8]) -> Result<()> {
+        let at = self.check_access(off, data.len(), "read")?;
+        if at >= self.len {
+            // A conventional device has no extended space: reads as no device there.
+            data.fill(0xff);
+            return Ok(());
+        }
+        let rules = &self.rules[at..at + data.len()];
+        if rules.iter().any(|r| r.virt != 0xff) {
+            dev.config_read(at as u64, data)?;
+        } else {
+            data.fill(0);
+        }
+        for (i, b) in data.iter_mut().enumerate() {
+            let v = rules[i].virt;
+            *b = (*b & !v) | (self.emu[at + i] & v);
+        }
+        Ok(())
+    }
+
+    /// A guest config write of 1, 2 or 4 naturally aligned bytes at `off` (< 4096). The
+    /// events say what the rest of attach must do; when the device refuses the write,
+    /// nothing of the emulated state changes.
+    pub fn write(
+        &mut self,
+        dev: &dyn DeviceBackend,
+        off: u16,
+        data: &[u8],
+    ) -> Result<Vec<ConfigEvent>> {
+        let at = self.check_access(off, data.len(), "write")?;
+        if at >= self.len {
+            return Ok(Vec::new());
+        }
+        let n = data.len();
+        let rules: Vec<ByteRule> = self.rules[at..at + n].to_vec();
+
+        // 1. The bits that reach the device, the bits it must keep put back as they are.
+        let mut out = data.to_vec();
+        let send: Vec<bool> = rules.iter().map(|r| r.reaches_device()).collect();
+        if rules
+            .iter()
+            .zip(&send)
+            .any(|(r, &s)| s && r.virt | r.keep != 0)
+        {
+            let mut cur = vec![0u8; n];
+            dev.config_read(at as u64, &mut cur)?;
+            for i in 0..n {
+                let fixed = rules[i].virt | rules[i].keep;
+                out[i] = (data[i] & !fixed) | (cur[i] & fixed);
+            }
+        }
+        let mut i = 0;
+        while i < n {
+            if !send[i] {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && send[i] {
+                i += 1;
+            }
+            for (p, len) in aligned_pieces(at + start, i - start) {
+                dev.config_write(p as u64, &out[p - at..p - at + len])?;
+            }
+        }
+
+        // 2. The emulated bits, then what they mean.
+        let mut events = Vec::new();
+        let touches = |lo: usize, hi: usize| at < hi && lo < at + n;
+        if touches(BAR0, BAR0 + 24) {
+            let reg = (at - BAR0) / 4;
+            let reg_at = BAR0 + 4 * reg;
+            let mut raw = [0u8; 4];
+            raw.copy_from_slice(&self.emu[reg_at..reg_at + 4]);
+            raw[at - reg_at..at - reg_at + n].copy_from_slice(data);
+            if let Some((bar, half)) = self.reg_owner[reg] {
+                if let Some(b) = self.bars[bar].as_mut() {
+                    b.write_register(half, u32::from_le_bytes(raw));
+                }
+                self.sync_bar(bar);
+                events.extend(self.pending_move(bar));
+            }
+        } else {
+            for (i, r) in rules.iter().enumerate() {
+                let e = &mut self.emu[at + i];
+                *e = (*e & !r.wmask) | (data[i] & r.wmask);
+            }
+        }
+        if touches(COMMAND, COMMAND + 2) {
+            let mut cmd = self.command.to_le_bytes();
+            for (i, &b) in data.iter().enumerate() {
+                if let Some(c) = (at + i).checked_sub(COMMAND).and_then(|k| cmd.get_mut(k)) {
+                    *c = b;
+                }
+            }
+            let old = self.command;
+            self.command = u16::from_le_bytes(cmd);
+            for bar in 0..6 {
+                let Some(b) = self.bars[bar] else { continue };
+                let d = b.decode_bit();
+                if old & d == 0 && self.command & d != 0 {
+                    events.extend(self.pending_move(bar));
+                }
+            }
+        }
+        if let Some((l, len)) = self.msi {
+            let lo = usize::from(l.offset);
+            if touches(lo, lo + usize::from(len)) {
+                let s = self.msi_from_emu(&l);
+                if s != self.msi_state {
+                    self.msi_state = s;
+                    events.push(ConfigEvent::Msi(s));
+                }
+            }
+        }
+        if let Some(l) = self.msix {
+            let ctl = usize::from(l.offset) + 2;
+            if touches(ctl, ctl + 2) {
+                let c = le16(&self.emu, ctl);
+                let s = (c & 0x8000 != 0, c & 0x4000 != 0);
+                if s != self.msix_state {
+                    self.msix_state = s;
+                    events.push(ConfigEvent::Msix {
+                        enabled: s.0,
+                        function_mask: s.1,
+                    });
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// A move of `bar` to its shadow address, when one is due: the guest's registers hold
+    /// an address (not a sizing pattern), decoding is on, and the address is new.
+    fn pending_move(&self, bar: usize) -> Option<ConfigEvent> {
+        let b = self.bars.get(bar).copied().flatten()?;
+        let due = !b.sizing.contains(&true)
+            && self.command & b.decode_bit() != 0
+            && b.shadow != b.applied;
+        due.then_some(ConfigEvent::BarMove {
+            bar: bar as u8,
+            to: b.shadow,
+        })
+    }
+
+    fn msi_from_emu(&self, l: &MsiLayout) -> MsiState {
+        let off = usize::from(l.offset);
+        let ctl = le16(&self.emu, off + 2);
+        let mme = u32::from((ctl >> 4) & 7);
+        let (data, mask, _) = msi_fields(l);
+        let hi = if l.is_64bit {
+            u64::from(le32(&self.emu, off + 8))
+        } else {
+            0
+        };
+        MsiState {
+            enabled: ctl & 1 != 0,
+            vectors: (1u32 << mme.min(5)).min(l.max_vectors.max(1)),
+            address: hi << 32 | u64::from(le32(&self.emu, off + 4)),
+            data: le16(&self.emu, data),
+            mask: if l.per_vector_mask {
+                le32(&self.emu, mask)
+            } else {
+                0
+            },
+        }
+    }
 }

@@ -11,6 +11,8 @@ pub mod error;
 pub mod soft;
 
 pub use backend::{BarMap, BarRegion, DeviceBackend};
-pub use config::{ConfigEvent, MsiLayout, MsiState, MsixLayout};
+pub use config::{
+    BarKind, ConfigEvent, ConfigOptions, GuestBar, MsiLayout, MsiState, MsixLayout, VirtualConfig,
+};
 pub use error::{Error, Result};
 pub use soft::{SoftBar, SoftDevice};
