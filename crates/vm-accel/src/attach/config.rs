@@ -960,3 +960,861 @@ impl VirtualConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! One test per row of docs/embedding.md's "Config space: what the guest sees" table
+    //! (`row_*`), then BAR behaviour, construction errors and a fuzzing property.
+    use super::*;
+    use crate::attach::backend::{BackendResult, BarMap, BarRegion};
+    use crate::attach::soft::{SoftBar, SoftDevice};
+    use proptest::prelude::*;
+    use vm_pci::fixture::ConfigBuilder;
+    use vm_vfio::access::{IrqIndex, MmapAlign};
+    use vmm_sys_util::eventfd::EventFd;
+
+    const BAR0_SIZE: u64 = 0x4000;
+    const BAR1_SIZE: u64 = 1 << 33; // 8 GiB, 64-bit prefetchable (anonymous NORESERVE)
+    const BAR3_SIZE: u64 = 0x10_0000;
+    const BAR4_SIZE: u64 = 0x100; // made an I/O BAR by `gpu`
+
+    /// A GPU-like function: multi-function header, PM, MSI (4 vectors, 64-bit), PCIe v2,
+    /// MSI-X (16 vectors in BAR 0), and ARI, SR-IOV, Resizable BAR, AER extended caps.
+    fn gpu_config() -> ConfigBuilder {
+        let mut c = ConfigBuilder::new(0x10de, 0x2335, 0x03_0200, 0x80);
+        c.power_management(false)
+            .msi(2)
+            .pcie(0, true, 5, 16)
+            .msix(16, 0, 0x1000, 0, 0x2000)
+            .ari()
+            .sriov(4, 0, 0x2336)
+            .resizable_bar(1, 0xff, 13)
+            .aer();
+        c
+    }
+
+    /// Offsets of `gpu_config`'s capabilities (ConfigBuilder packs them from 0x40).
+    const PM: u16 = 0x40;
+    const MSI: u16 = 0x48;
+    const PCIE: u16 = 0x58;
+    const MSIX: u16 = 0x94;
+    const ARI: u16 = 0x100;
+    const SRIOV: u16 = 0x108;
+    const REBAR: u16 = 0x148;
+    const AER: u16 = 0x154;
+
+    fn soft(cfg: Vec<u8>) -> SoftDevice {
+        let bar = |size, is_64bit, prefetchable| SoftBar {
+            size,
+            is_64bit,
+            prefetchable,
+        };
+        let d = SoftDevice::new(
+            "soft0",
+            cfg,
+            &[
+                (0, bar(BAR0_SIZE, false, false)),
+                (1, bar(BAR1_SIZE, true, true)),
+                (3, bar(BAR3_SIZE, false, true)),
+                (4, bar(BAR4_SIZE, false, false)),
+            ],
+        )
+        .unwrap();
+        // SoftBar has no I/O kind: declare BAR 4 as I/O in its register, as a device does.
+        d.config_write(0x20, &1u32.to_le_bytes()).unwrap();
+        d
+    }
+
+    fn gpu() -> (SoftDevice, VirtualConfig) {
+        let d = soft(gpu_config().build());
+        let vc = VirtualConfig::new(&d, &ConfigOptions::default()).unwrap();
+        (d, vc)
+    }
+
+    fn rd(vc: &VirtualConfig, d: &SoftDevice, off: u16, n: usize) -> u32 {
+        let mut b = [0u8; 4];
+        vc.read(d, off, &mut b[..n]).unwrap();
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(vc: &mut VirtualConfig, d: &SoftDevice, off: u16, n: usize, v: u32) -> Vec<ConfigEvent> {
+        vc.write(d, off, &v.to_le_bytes()[..n]).unwrap()
+    }
+
+    /// The device's own config bytes (what vfio-pci would hold).
+    fn dev_bytes(d: &SoftDevice, off: u16, n: usize) -> u32 {
+        let mut b = [0u8; 4];
+        d.config_read(u64::from(off), &mut b[..n]).unwrap();
+        u32::from_le_bytes(b)
+    }
+
+    fn guest_view(vc: &VirtualConfig, d: &SoftDevice) -> Vec<u8> {
+        (0..0x1000u16)
+            .step_by(4)
+            .flat_map(|off| rd(vc, d, off, 4).to_le_bytes())
+            .collect()
+    }
+
+    /// Writes that reached the device since `from`.
+    fn writes_since(d: &SoftDevice, from: usize) -> Vec<(u64, Vec<u8>)> {
+        d.config_writes()[from..].to_vec()
+    }
+
+    #[test]
+    fn row_read_only_header_fields_read_through_and_drop_writes() {
+        let (d, mut vc) = gpu();
+        let before = d.config_writes().len();
+        for (off, n) in [
+            (0x00, 4),
+            (0x08, 4),
+            (0x2c, 4),
+            (0x28, 4),
+            (0x34, 1),
+            (0x3d, 1),
+            (0x3e, 2),
+        ] {
+            let v = rd(&vc, &d, off, n);
+            assert_eq!(v, dev_bytes(&d, off, n), "{off:#x} reads the device");
+            assert!(wr(&mut vc, &d, off, n, 0x5a5a_5a5a).is_empty());
+            assert_eq!(rd(&vc, &d, off, n), v, "{off:#x} unchanged");
+        }
+        assert_eq!(rd(&vc, &d, 0, 4), 0x2335_10de);
+        assert!(
+            writes_since(&d, before).is_empty(),
+            "{:?}",
+            writes_since(&d, before)
+        );
+    }
+
+    #[test]
+    fn row_command_passes_through_and_is_tracked() {
+        let (d, mut vc) = gpu();
+        let before = d.config_writes().len();
+        // Bus master + memory + INTx disable reach the device as written.
+        assert!(wr(&mut vc, &d, 0x04, 2, 0x0406).is_empty());
+        assert_eq!(writes_since(&d, before), vec![(4, vec![0x06, 0x04])]);
+        assert_eq!(rd(&vc, &d, 0x04, 2), 0x0406);
+        assert_eq!(vc.command, 0x0406);
+        // A byte write to the high half is tracked too.
+        wr(&mut vc, &d, 0x05, 1, 0x00);
+        assert_eq!(vc.command, 0x0006);
+    }
+
+    #[test]
+    fn row_status_passes_through() {
+        let (d, mut vc) = gpu();
+        let before = d.config_writes().len();
+        // RW1C error bits: the guest's clear reaches the device.
+        wr(&mut vc, &d, 0x06, 2, 0xf900);
+        assert_eq!(writes_since(&d, before), vec![(6, vec![0x00, 0xf9])]);
+        // A dword write at COMMAND carries STATUS along in one device write.
+        wr(&mut vc, &d, 0x04, 4, 0xf900_0002);
+        assert_eq!(writes_since(&d, before + 1), vec![(4, vec![2, 0, 0, 0xf9])]);
+    }
+
+    #[test]
+    fn row_cache_line_and_latency_timer_pass_through() {
+        let (d, mut vc) = gpu();
+        let before = d.config_writes().len();
+        wr(&mut vc, &d, 0x0c, 2, 0x4010);
+        assert_eq!(writes_since(&d, before), vec![(0x0c, vec![0x10, 0x40])]);
+        assert_eq!(rd(&vc, &d, 0x0c, 2), 0x4010);
+    }
+
+    #[test]
+    fn row_header_type_hides_multi_function() {
+        let (d, mut vc) = gpu();
+        assert_eq!(dev_bytes(&d, 0x0e, 1), 0x80, "the device is multi-function");
+        assert_eq!(rd(&vc, &d, 0x0e, 1), 0);
+        assert_eq!(rd(&vc, &d, 0x0c, 4) >> 16 & 0xff, 0);
+        let before = d.config_writes().len();
+        wr(&mut vc, &d, 0x0e, 1, 0xff);
+        assert_eq!(rd(&vc, &d, 0x0e, 1), 0);
+        assert!(writes_since(&d, before).is_empty());
+    }
+
+    #[test]
+    fn row_bist_writes_are_dropped() {
+        let mut c = gpu_config();
+        c.bytes_mut()[0x0f] = 0x80; // BIST capable
+        let d = soft(c.build());
+        let mut vc = VirtualConfig::new(&d, &ConfigOptions::default()).unwrap();
+        let before = d.config_writes().len();
+        wr(&mut vc, &d, 0x0f, 1, 0x40); // start BIST
+        wr(&mut vc, &d, 0x0c, 4, 0x4000_0010); // dword: cache line passes, BIST does not
+        assert_eq!(writes_since(&d, before), vec![(0x0c, vec![0x10, 0x00])]);
+        assert_eq!(rd(&vc, &d, 0x0f, 1), 0x80);
+    }
+
+    #[test]
+    fn row_bars_are_emulated() {
+        let (d, mut vc) = gpu();
+        let before = d.config_writes().len();
+        vc.set_bar_address(0, 0xc000_0000);
+        assert_eq!(rd(&vc, &d, 0x10, 4), 0xc000_0000);
+        wr(&mut vc, &d, 0x10, 4, 0xd000_0000);
+        assert_eq!(rd(&vc, &d, 0x10, 4), 0xd000_0000);
+        // Nothing reaches the device: its own register still holds what it had.
+        assert!(writes_since(&d, before).is_empty());
+        assert_eq!(dev_bytes(&d, 0x10, 4), 0);
+    }
+
+    #[test]
+    fn row_expansion_rom_is_hidden() {
+        let mut c = gpu_config();
+        c.bytes_mut()[0x30..0x34].copy_from_slice(&0xfeb0_0001u32.to_le_bytes());
+        let d = soft(c.build());
+        let mut vc = VirtualConfig::new(&d, &ConfigOptions::default()).unwrap();
+        assert_eq!(rd(&vc, &d, 0x30, 4), 0);
+        let before = d.config_writes().len();
+        wr(&mut vc, &d, 0x30, 4, 0xffff_f800); // ROM sizing
+        assert_eq!(rd(&vc, &d, 0x30, 4), 0, "no ROM: sizing reads 0");
+        assert!(writes_since(&d, before).is_empty());
+    }
+
+    #[test]
+    fn row_interrupt_line_is_emulated() {
+        let (d, mut vc) = gpu();
+        let before = d.config_writes().len();
+        wr(&mut vc, &d, 0x3c, 1, 0x0b);
+        assert_eq!(rd(&vc, &d, 0x3c, 1), 0x0b);
+        assert!(writes_since(&d, before).is_empty());
+        assert_eq!(dev_bytes(&d, 0x3c, 1), 0);
+    }
+
+    #[test]
+    fn row_msi_is_emulated() {
+        let (d, mut vc) = gpu();
+        let l = vc.msi().unwrap();
+        assert_eq!(
+            l,
+            MsiLayout {
+                offset: MSI,
+                max_vectors: 4,
+                is_64bit: true,
+                per_vector_mask: false
+            }
+        );
+        let before = d.config_writes().len();
+        assert!(wr(&mut vc, &d, MSI + 4, 4, 0xfee0_100f).len() == 1);
+        wr(&mut vc, &d, MSI + 8, 4, 0x1);
+        wr(&mut vc, &d, MSI + 0xc, 2, 0x4041);
+        // Enable with 8 vectors asked (more than the 4 the device can): 4 granted.
+        let ev = wr(&mut vc, &d, MSI + 2, 2, 0x0031);
+        let want = MsiState {
+            enabled: true,
+            vectors: 4,
+            address: 0x1_fee0_100c,
+            data: 0x4041,
+            mask: 0,
+        };
+        assert_eq!(ev, vec![ConfigEvent::Msi(want)]);
+        // Read-only bits stay: 64-bit, Multiple Message Capable = 4 vectors.
+        assert_eq!(rd(&vc, &d, MSI + 2, 2), 0x00b5);
+        assert_eq!(rd(&vc, &d, MSI + 4, 4), 0xfee0_100c);
+        // Same values again: no event. Nothing reached the device.
+        assert!(wr(&mut vc, &d, MSI + 2, 2, 0x0031).is_empty());
+        assert!(writes_since(&d, before).is_empty());
+        assert_eq!(dev_bytes(&d, MSI + 2, 2) & 1, 0);
+    }
+
+    #[test]
+    fn row_msi_per_vector_mask_is_emulated() {
+        let mut c = ConfigBuilder::new(0x1af4, 0x1000, 0x01_0000, 0);
+        c.msi(3);
+        c.bytes_mut()[0x43] = 0x01; // per-vector masking
+        let d = soft(c.build());
+        let mut vc = VirtualConfig::new(&d, &ConfigOptions::default()).unwrap();
+        let l = vc.msi().unwrap();
+        assert!(l.per_vector_mask && l.max_vectors == 8);
+        let ev = wr(&mut vc, &d, 0x50, 4, 0xffff_ff05);
+        assert_eq!(ev.len(), 1);
+        let ConfigEvent::Msi(s) = ev[0] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(s.mask, 0x05);
+        assert_eq!(rd(&vc, &d, 0x50, 4), 0x05, "only the 8 implemented bits");
+        assert_eq!(rd(&vc, &d, 0x54, 4), 0, "pending reads 0");
+    }
+
+    #[test]
+    fn row_msix_is_emulated() {
+        let (d, mut vc) = gpu();
+        let l = vc.msix().unwrap();
+        assert_eq!(
+            l,
+            MsixLayout {
+                offset: MSIX,
+                table_size: 16,
+                table_bar: 0,
+                table_offset: 0x1000,
+                pba_bar: 0,
+                pba_offset: 0x2000
+            }
+        );
+        let before = d.config_writes().len();
+        let ev = wr(&mut vc, &d, MSIX + 2, 2, 0xc000);
+        assert_eq!(
+            ev,
+            vec![ConfigEvent::Msix {
+                enabled: true,
+                function_mask: true
+            }]
+        );
+        assert_eq!(rd(&vc, &d, MSIX + 2, 2), 0xc00f, "table size read-only");
+        let ev = wr(&mut vc, &d, MSIX + 2, 2, 0x8000);
+        assert_eq!(
+            ev,
+            vec![ConfigEvent::Msix {
+                enabled: true,
+                function_mask: false
+            }]
+        );
+        // Table and PBA offsets read as the device has them; writes to them are dropped.
+        wr(&mut vc, &d, MSIX + 4, 4, 0x0000_3005);
+        assert_eq!(rd(&vc, &d, MSIX + 4, 4), 0x1000);
+        assert_eq!(rd(&vc, &d, MSIX + 8, 4), 0x2000);
+        assert!(writes_since(&d, before).is_empty());
+        assert_eq!(dev_bytes(&d, MSIX + 2, 2), 0x000f, "device MSI-X untouched");
+    }
+
+    #[test]
+    fn row_link_control_keeps_link_disable_and_retrain() {
+        let (d, mut vc) = gpu();
+        let before = d.config_writes().len();
+        // ASPM L0s|L1 passes; Link Disable (bit 4) and Retrain (bit 5) do not.
+        wr(&mut vc, &d, PCIE + 0x10, 2, 0x0033);
+        assert_eq!(
+            writes_since(&d, before),
+            vec![(u64::from(PCIE) + 0x10, vec![0x03, 0x00])]
+        );
+        assert_eq!(rd(&vc, &d, PCIE + 0x10, 2), 0x0003);
+    }
+
+    #[test]
+    fn row_link_control_2_writes_are_dropped() {
+        let (d, mut vc) = gpu();
+        let before = d.config_writes().len();
+        wr(&mut vc, &d, PCIE + 0x30, 2, 0x0011); // enter compliance at 2.5 GT/s
+        assert!(writes_since(&d, before).is_empty());
+        assert_eq!(rd(&vc, &d, PCIE + 0x30, 2), 0);
+    }
+
+    #[test]
+    fn row_ari_sriov_rebar_are_hidden() {
+        let (d, mut vc) = gpu();
+        let dev_caps = ConfigSpace::new(d_bytes(&d)).capabilities();
+        let ids: Vec<u16> = dev_caps.extended.iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![EXT_ARI, EXT_SRIOV, EXT_REBAR, 0x0001]);
+        // The guest walks the chain through null capabilities to AER.
+        let caps = ConfigSpace::new(guest_view(&vc, &d)).capabilities();
+        let ids: Vec<(u16, u16)> = caps.extended.iter().map(|c| (c.offset, c.id)).collect();
+        assert_eq!(ids, vec![(AER, 0x0001)]);
+        assert!(caps.warnings.is_empty(), "{:?}", caps.warnings);
+        for (off, next) in [(ARI, SRIOV), (SRIOV, REBAR), (REBAR, AER)] {
+            assert_eq!(rd(&vc, &d, off, 4), u32::from(next) << 20, "{off:#x}");
+        }
+        // Bodies read 0 and drop writes (no VF enable, no BAR resize).
+        let before = d.config_writes().len();
+        assert_eq!(rd(&vc, &d, SRIOV + 0x0e, 2), 0, "TotalVFs hidden");
+        wr(&mut vc, &d, SRIOV + 8, 2, 0x0001); // VF Enable
+        wr(&mut vc, &d, REBAR + 8, 4, 0x0000_0d01); // resize
+        wr(&mut vc, &d, ARI, 4, 0xffff_ffff);
+        assert!(writes_since(&d, before).is_empty());
+        assert_eq!(rd(&vc, &d, ARI, 4), u32::from(SRIOV) << 20);
+    }
+
+    fn d_bytes(d: &SoftDevice) -> Vec<u8> {
+        let mut b = vec![0u8; 0x1000];
+        d.config_read(0, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn row_gpudirect_clique_is_added_and_chained() {
+        let d = soft(gpu_config().build());
+        let opts = ConfigOptions {
+            gpudirect_clique: Some(7),
+        };
+        let mut vc = VirtualConfig::new(&d, &opts).unwrap();
+        assert_eq!(vc.gpudirect_offset(), Some(0xd4));
+        assert_eq!(rd(&vc, &d, 0xd4, 4), 0x5008_0009);
+        assert_eq!(rd(&vc, &d, 0xd8, 4), 7 << 19 | 0x5032);
+        let caps = ConfigSpace::new(guest_view(&vc, &d)).capabilities();
+        let std: Vec<(u16, u8)> = caps.standard.iter().map(|c| (c.offset, c.id)).collect();
+        assert_eq!(
+            std,
+            vec![(PM, 1), (MSI, 5), (PCIE, 0x10), (MSIX, 0x11), (0xd4, 9)]
+        );
+        assert!(caps.warnings.is_empty(), "{:?}", caps.warnings);
+        // Read-only, never reaches the device.
+        let before = d.config_writes().len();
+        wr(&mut vc, &d, 0xd8, 4, 0);
+        assert_eq!(rd(&vc, &d, 0xd8, 4), 7 << 19 | 0x5032);
+        assert!(writes_since(&d, before).is_empty());
+        assert_eq!(dev_bytes(&d, 0xd4, 4), 0);
+    }
+
+    #[test]
+    fn gpudirect_moves_when_0xd4_is_taken_and_fails_without_room() {
+        let mut c = ConfigBuilder::new(0x10de, 0x2335, 0x03_0200, 0);
+        // A vendor capability covering 0xd0..0xe0 at the end of the list.
+        c.msix(4, 0, 0, 0, 0x100);
+        let b = c.bytes_mut();
+        b[0x41] = 0xd0;
+        b[0xd0..0xd3].copy_from_slice(&[CAP_VENDOR, 0, 0x10]);
+        let d = soft(c.build());
+        let opts = ConfigOptions {
+            gpudirect_clique: Some(0),
+        };
+        let vc = VirtualConfig::new(&d, &opts).unwrap();
+        let at = vc.gpudirect_offset().unwrap();
+        assert_eq!(at, 0x4c, "first free dword after MSI-X (0x40..0x4c)");
+        let caps = ConfigSpace::new(guest_view(&vc, &d)).capabilities();
+        let std: Vec<(u16, u8)> = caps.standard.iter().map(|c| (c.offset, c.id)).collect();
+        assert_eq!(std, vec![(0x40, 0x11), (0xd0, 9), (0x4c, 9)]);
+
+        // A vendor capability filling all of 0x40..0x100: no room, a clear error.
+        let mut c = ConfigBuilder::new(0x10de, 0x2335, 0x03_0200, 0);
+        let b = c.bytes_mut();
+        b[0x06] |= 0x10;
+        b[0x34] = 0x40;
+        b[0x40..0x43].copy_from_slice(&[CAP_VENDOR, 0, 0xc0]);
+        let d = soft(c.build());
+        let e = VirtualConfig::new(&d, &opts).unwrap_err();
+        assert!(e.to_string().contains("no free 8-byte slot"), "{e}");
+        // Clique out of range.
+        let d = soft(gpu_config().build());
+        let opts = ConfigOptions {
+            gpudirect_clique: Some(16),
+        };
+        let e = VirtualConfig::new(&d, &opts).unwrap_err();
+        assert!(e.to_string().contains("0..=15"), "{e}");
+    }
+
+    #[test]
+    fn gpudirect_on_a_function_without_capabilities_starts_the_list() {
+        let d = soft(ConfigBuilder::new(0x10de, 0x2335, 0x03_0200, 0).build());
+        let opts = ConfigOptions {
+            gpudirect_clique: Some(3),
+        };
+        let vc = VirtualConfig::new(&d, &opts).unwrap();
+        assert_eq!(rd(&vc, &d, 0x06, 2) & 0x10, 0x10, "capability list bit");
+        assert_eq!(rd(&vc, &d, 0x34, 1), 0xd4);
+        let caps = ConfigSpace::new(guest_view(&vc, &d)).capabilities();
+        assert_eq!(caps.standard.len(), 1);
+        assert_eq!((caps.standard[0].offset, caps.standard[0].id), (0xd4, 9));
+    }
+
+    #[test]
+    fn row_everything_else_passes_through() {
+        let (d, mut vc) = gpu();
+        let before = d.config_writes().len();
+        let cases = [
+            (PM + 4, 2, 0x0003u32),    // PMCSR: D3hot
+            (PCIE + 8, 2, 0x8000),     // Device Control: initiate FLR
+            (AER + 4, 4, 0xffff_ffff), // AER uncorrectable status (RW1C)
+            (0x200, 4, 0x1234_5678),   // outside any capability
+        ];
+        for (i, &(off, n, v)) in cases.iter().enumerate() {
+            wr(&mut vc, &d, off, n, v);
+            let w = writes_since(&d, before + i);
+            assert_eq!(w, vec![(u64::from(off), v.to_le_bytes()[..n].to_vec())]);
+            assert_eq!(rd(&vc, &d, off, n), v, "{off:#x} reads the device");
+        }
+    }
+
+    /// A conventional PCI function: 256 bytes of config space, as vfio-pci gives it.
+    struct Conventional(SoftDevice);
+    impl DeviceBackend for Conventional {
+        fn name(&self) -> String {
+            self.0.name()
+        }
+        fn config_read(&self, off: u64, buf: &mut [u8]) -> BackendResult<()> {
+            if off + buf.len() as u64 > 256 {
+                return Err(vm_vfio::access::Error::Invalid {
+                    device: self.name(),
+                    op: "config read".into(),
+                    reason: "beyond 256 bytes".into(),
+                });
+            }
+            self.0.config_read(off, buf)
+        }
+        fn config_write(&self, off: u64, buf: &[u8]) -> BackendResult<()> {
+            self.0.config_write(off, buf)
+        }
+        fn bar_region(&self, bar: u8) -> Option<BarRegion> {
+            self.0.bar_region(bar)
+        }
+        fn bar_read(&self, bar: u8, off: u64, buf: &mut [u8]) -> BackendResult<()> {
+            self.0.bar_read(bar, off, buf)
+        }
+        fn bar_write(&self, bar: u8, off: u64, buf: &[u8]) -> BackendResult<()> {
+            self.0.bar_write(bar, off, buf)
+        }
+        fn map_bar(&self, bar: u8, align: MmapAlign) -> BackendResult<Vec<BarMap>> {
+            self.0.map_bar(bar, align)
+        }
+        fn irq_count(&self, index: IrqIndex) -> u32 {
+            self.0.irq_count(index)
+        }
+        fn irq_resizable(&self, index: IrqIndex) -> bool {
+            self.0.irq_resizable(index)
+        }
+        fn set_irq_eventfds(
+            &self,
+            index: IrqIndex,
+            start: u32,
+            fds: &[Option<&EventFd>],
+        ) -> BackendResult<()> {
+            self.0.set_irq_eventfds(index, start, fds)
+        }
+        fn disable_irqs(&self, index: IrqIndex) -> BackendResult<()> {
+            self.0.disable_irqs(index)
+        }
+        fn intx_unmask_on(&self, fd: &EventFd) -> BackendResult<()> {
+            self.0.intx_unmask_on(fd)
+        }
+        fn reset(&self) -> BackendResult<()> {
+            self.0.reset()
+        }
+        fn can_reset(&self) -> bool {
+            self.0.can_reset()
+        }
+    }
+
+    #[test]
+    fn row_extended_space_of_a_conventional_function_reads_all_ones() {
+        let mut c = ConfigBuilder::new(0x8086, 0x100e, 0x02_0000, 0);
+        c.power_management(false);
+        let d = Conventional(soft(c.build()));
+        let mut vc = VirtualConfig::new(&d, &ConfigOptions::default()).unwrap();
+        let mut b = [0u8; 4];
+        vc.read(&d, 0x100, &mut b).unwrap();
+        assert_eq!(b, [0xff; 4]);
+        let before = d.0.config_writes().len();
+        assert!(vc.write(&d, 0x100, &[0; 4]).unwrap().is_empty());
+        assert_eq!(d.0.config_writes().len(), before);
+        vc.read(&d, 0x40, &mut b[..1]).unwrap();
+        assert_eq!(b[0], CAP_PM);
+    }
+
+    #[test]
+    fn bars_report_kind_size_and_prefetch_from_the_device() {
+        let (_, vc) = gpu();
+        let bar = |index, kind, size, prefetchable| GuestBar {
+            index,
+            kind,
+            size,
+            prefetchable,
+        };
+        assert_eq!(
+            vc.bars(),
+            vec![
+                bar(0, BarKind::Mem32, BAR0_SIZE, false),
+                bar(1, BarKind::Mem64, BAR1_SIZE, true),
+                bar(3, BarKind::Mem32, BAR3_SIZE, true),
+                bar(4, BarKind::Io, BAR4_SIZE, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn bar_sizing_reads_size_and_type_bits_and_never_moves() {
+        let (d, mut vc) = gpu();
+        for bar in [0u8, 1, 3, 4] {
+            vc.set_bar_address(bar, if bar == 4 { 0x1000 } else { 0x1_0000_0000 });
+        }
+        // Decoding on: sizing must still not move anything.
+        wr(&mut vc, &d, 0x04, 2, 0x0003);
+        let before = d.config_writes().len();
+        let mut sized = Vec::new();
+        for reg in 0..6u16 {
+            let off = 0x10 + 4 * reg;
+            let orig = rd(&vc, &d, off, 4);
+            assert!(
+                wr(&mut vc, &d, off, 4, 0xffff_ffff).is_empty(),
+                "BAR reg {reg}"
+            );
+            sized.push(rd(&vc, &d, off, 4));
+            assert!(
+                wr(&mut vc, &d, off, 4, orig).is_empty(),
+                "restore reg {reg}"
+            );
+            assert_eq!(rd(&vc, &d, off, 4), orig);
+        }
+        assert_eq!(
+            sized,
+            vec![
+                0xffff_c000, // BAR 0: 16 KiB, 32-bit
+                0x0000_000c, // BAR 1: 8 GiB, no size bits low; 64-bit, prefetchable
+                0xffff_fffe, // BAR 1's high half
+                0xfff0_0008, // BAR 3: 1 MiB, 32-bit prefetchable
+                0xffff_ff01, // BAR 4: 256-byte I/O
+                0x0000_0000, // BAR 5: not implemented
+            ]
+        );
+        assert_eq!(rd(&vc, &d, 0x24, 4), 0, "BAR 5 not implemented");
+        assert!(
+            writes_since(&d, before).is_empty(),
+            "BARs never reach the device"
+        );
+    }
+
+    #[test]
+    fn bar_sizing_then_decode_on_does_not_move_to_the_mask() {
+        let (d, mut vc) = gpu();
+        vc.set_bar_address(0, 0xc000_0000);
+        wr(&mut vc, &d, 0x10, 4, 0xffff_ffff);
+        assert!(wr(&mut vc, &d, 0x04, 2, 0x0002).is_empty());
+        assert_eq!(vc.bar_address(0), Some(0xc000_0000));
+    }
+
+    #[test]
+    fn bar_moves_only_while_decoding() {
+        let (d, mut vc) = gpu();
+        vc.set_bar_address(0, 0xc000_0000);
+        assert_eq!(vc.bar_address(0), Some(0xc000_0000));
+        // Decoding off: the shadow moves, the device does not.
+        assert!(wr(&mut vc, &d, 0x10, 4, 0xd000_0000).is_empty());
+        assert_eq!(rd(&vc, &d, 0x10, 4), 0xd000_0000);
+        assert_eq!(vc.bar_address(0), Some(0xc000_0000));
+        // Turning MEM on applies it; IO on alone would not.
+        assert!(wr(&mut vc, &d, 0x04, 2, 0x0001).is_empty());
+        let ev = wr(&mut vc, &d, 0x04, 2, 0x0003);
+        assert_eq!(
+            ev,
+            vec![ConfigEvent::BarMove {
+                bar: 0,
+                to: 0xd000_0000
+            }]
+        );
+        vc.bar_applied(0);
+        assert_eq!(vc.bar_address(0), Some(0xd000_0000));
+        // MEM stays on: a write moves at once; re-writing the same address does not.
+        let ev = wr(&mut vc, &d, 0x10, 4, 0xe000_0000);
+        assert_eq!(
+            ev,
+            vec![ConfigEvent::BarMove {
+                bar: 0,
+                to: 0xe000_0000
+            }]
+        );
+        vc.bar_applied(0);
+        assert!(wr(&mut vc, &d, 0x10, 4, 0xe000_0000).is_empty());
+        assert!(
+            wr(&mut vc, &d, 0x04, 2, 0x0003).is_empty(),
+            "MEM did not turn on"
+        );
+    }
+
+    #[test]
+    fn io_bar_moves_with_command_io() {
+        let (d, mut vc) = gpu();
+        vc.set_bar_address(4, 0x1000);
+        wr(&mut vc, &d, 0x20, 4, 0x2001);
+        assert!(
+            wr(&mut vc, &d, 0x04, 2, 0x0002).is_empty(),
+            "MEM does not enable I/O"
+        );
+        let ev = wr(&mut vc, &d, 0x04, 2, 0x0003);
+        assert_eq!(ev, vec![ConfigEvent::BarMove { bar: 4, to: 0x2000 }]);
+        assert_eq!(rd(&vc, &d, 0x20, 4), 0x2001);
+    }
+
+    #[test]
+    fn bar_64bit_pair_moves_as_one() {
+        let (d, mut vc) = gpu();
+        vc.set_bar_address(1, 0x40_0000_0000);
+        assert_eq!(rd(&vc, &d, 0x14, 4), 0x0000_000c);
+        assert_eq!(rd(&vc, &d, 0x18, 4), 0x40);
+        wr(&mut vc, &d, 0x14, 4, 0x0000_0000);
+        wr(&mut vc, &d, 0x18, 4, 0x0000_0080);
+        let ev = wr(&mut vc, &d, 0x04, 2, 0x0002);
+        assert_eq!(
+            ev,
+            vec![ConfigEvent::BarMove {
+                bar: 1,
+                to: 0x80_0000_0000
+            }]
+        );
+        // An address below the BAR's alignment is cut to its size: 8 GiB here.
+        vc.rollback_bar(1);
+        let ev = wr(&mut vc, &d, 0x14, 4, 0x1234_5678);
+        assert!(
+            ev.is_empty(),
+            "low bits of an 8 GiB BAR are not address bits"
+        );
+    }
+
+    #[test]
+    fn failed_bar_move_rolls_back() {
+        let (d, mut vc) = gpu();
+        vc.set_bar_address(3, 0xe000_0000);
+        wr(&mut vc, &d, 0x04, 2, 0x0002);
+        let ev = wr(&mut vc, &d, 0x1c, 4, 0xe010_0000);
+        assert_eq!(
+            ev,
+            vec![ConfigEvent::BarMove {
+                bar: 3,
+                to: 0xe010_0000
+            }]
+        );
+        vc.rollback_bar(3);
+        assert_eq!(
+            rd(&vc, &d, 0x1c, 4),
+            0xe000_0008,
+            "reads the served address"
+        );
+        assert_eq!(vc.bar_address(3), Some(0xe000_0000));
+        // Re-enabling decode does not retry the failed move.
+        wr(&mut vc, &d, 0x04, 2, 0);
+        assert!(wr(&mut vc, &d, 0x04, 2, 0x0002).is_empty());
+    }
+
+    #[test]
+    fn set_bar_address_ignores_unknown_bars() {
+        let (_, mut vc) = gpu();
+        vc.set_bar_address(2, 0x1000); // high half of BAR 1
+        vc.set_bar_address(9, 0x1000);
+        assert_eq!(vc.bar_address(2), None);
+        assert_eq!(vc.bar_address(9), None);
+        assert_eq!(vc.bar_address(1), Some(0));
+    }
+
+    #[test]
+    fn bad_accesses_are_errors() {
+        let (d, mut vc) = gpu();
+        let mut b = [0u8; 4];
+        assert!(vc.read(&d, 0x11, &mut b[..2]).is_err(), "unaligned");
+        assert!(vc.read(&d, 0x10, &mut b[..3]).is_err(), "3 bytes");
+        assert!(vc.read(&d, 0x1000, &mut b).is_err(), "beyond 4 KiB");
+        assert!(vc.read(&d, 0x10, &mut []).is_err(), "empty");
+        assert!(vc.write(&d, 0x12, &[0; 4]).is_err());
+        let e = vc.write(&d, 0xffff, &[0]).unwrap_err();
+        assert!(e.to_string().contains("0xffff"), "{e}");
+    }
+
+    #[test]
+    fn malformed_functions_are_refused_with_a_reason() {
+        let bridge = ConfigBuilder::new(0x8086, 0x1234, 0x06_0400, 1).build();
+        let e = VirtualConfig::new(&soft(bridge), &ConfigOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("header type 1"), "{e}");
+        // MSI-X table in a BAR the device lacks.
+        let mut c = ConfigBuilder::new(0x10de, 0x2335, 0x03_0200, 0);
+        c.msix(16, 2, 0, 2, 0x800);
+        let e = VirtualConfig::new(&soft(c.build()), &ConfigOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("BAR 2"), "{e}");
+        // MSI-X table beyond its BAR.
+        let mut c = ConfigBuilder::new(0x10de, 0x2335, 0x03_0200, 0);
+        c.msix(16, 0, 0x3f80, 0, 0x800);
+        let e = VirtualConfig::new(&soft(c.build()), &ConfigOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("table"), "{e}");
+        // A 64-bit BAR 5 has no pair.
+        let mut c = ConfigBuilder::new(0x10de, 0x2335, 0x03_0200, 0);
+        c.bytes_mut()[0x24] = 0x4;
+        let bar = SoftBar {
+            size: 0x1000,
+            is_64bit: false,
+            prefetchable: false,
+        };
+        let d = SoftDevice::new("soft1", c.build(), &[(5, bar)]).unwrap();
+        d.config_write(0x24, &4u32.to_le_bytes()).unwrap();
+        let e = VirtualConfig::new(&d, &ConfigOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("BAR 5"), "{e}");
+        // MSI capability running out of conventional space.
+        let mut c = ConfigBuilder::new(0x10de, 0x2335, 0x03_0200, 0);
+        let b = c.bytes_mut();
+        b[0x06] |= 0x10;
+        b[0x34] = 0xf8;
+        b[0xf8] = CAP_MSI;
+        b[0xfa] = 0x80;
+        let e = VirtualConfig::new(&soft(c.build()), &ConfigOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("runs past"), "{e}");
+    }
+
+    #[derive(Debug, Clone)]
+    struct Access {
+        off: u16,
+        len: usize,
+        write: Option<u32>,
+    }
+
+    fn access() -> impl Strategy<Value = Access> {
+        (
+            prop_oneof![0u16..0x100, 0u16..0x1100, Just(0x04u16), 0x10u16..0x28],
+            prop_oneof![Just(1usize), Just(2), Just(4), Just(3), Just(0)],
+            prop_oneof![
+                Just(None),
+                any::<u32>().prop_map(Some),
+                Just(Some(u32::MAX))
+            ],
+        )
+            .prop_map(|(off, len, write)| Access { off, len, write })
+    }
+
+    /// Config bytes: random, or the GPU-like space with random bytes splattered over it.
+    fn config_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0x1000).prop_map(|mut b| {
+                b[0x0e] &= 0x80;
+                b[0x06] |= 0x10;
+                b
+            }),
+            proptest::collection::vec((0usize..0x1000, any::<u8>()), 0..48).prop_map(|edits| {
+                let mut b = gpu_config().build();
+                for (at, v) in edits {
+                    b[at] = v;
+                }
+                b
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn random_config_and_guest_accesses_never_panic(
+            bytes in config_bytes(),
+            clique in proptest::option::of(0u8..20),
+            accesses in proptest::collection::vec(access(), 1..64),
+            moves in proptest::collection::vec((0u8..8, any::<bool>()), 0..8),
+        ) {
+            let d = soft(bytes);
+            let before = d.config_writes().len();
+            let Ok(mut vc) = VirtualConfig::new(&d, &ConfigOptions { gpudirect_clique: clique }) else {
+                return Ok(());
+            };
+            for bar in 0..8 {
+                vc.set_bar_address(bar, 0xc000_0000);
+            }
+            let mut moves = moves.into_iter().cycle();
+            for a in accesses {
+                let mut buf = vec![0u8; a.len];
+                match a.write {
+                    None => { let _ = vc.read(&d, a.off, &mut buf); }
+                    Some(v) => {
+                        let data: Vec<u8> = v.to_le_bytes().iter().copied().cycle().take(a.len).collect();
+                        if let Ok(events) = vc.write(&d, a.off, &data) {
+                            for ev in events {
+                                if let (ConfigEvent::BarMove { bar, .. }, Some((_, ok))) = (ev, moves.next()) {
+                                    if ok { vc.bar_applied(bar) } else { vc.rollback_bar(bar) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Invariants: BAR and ROM registers never reached the device, and the guest
+            // never sees the multi-function bit.
+            for (off, data) in writes_since(&d, before) {
+                let end = off + data.len() as u64;
+                prop_assert!(end <= 0x10 || off >= 0x28, "BAR write reached the device: {off:#x}");
+                prop_assert!(end <= 0x30 || off >= 0x34, "ROM write reached the device: {off:#x}");
+            }
+            let mut h = [0u8; 1];
+            vc.read(&d, 0x0e, &mut h).unwrap();
+            prop_assert_eq!(h[0] & 0x80, 0);
+        }
+    }
+}
