@@ -256,7 +256,8 @@ impl BarState {
 /// The guest's view of one device's config space (see the module documentation).
 ///
 /// It holds no reference to the device: every access takes the [`DeviceBackend`] whose
-/// config space it was built from.
+/// config space it was built from. Until the guest's first COMMAND write, the decoding
+/// bits that gate BAR moves are the device's own (what the guest reads there).
 pub struct VirtualConfig {
     name: String,
     /// Bytes of config space the device implements (256 for conventional PCI, else 4096).
@@ -618,9 +619,18 @@ impl VirtualConfig {
                 // Resizable BAR: one capability/control pair per resizable BAR (1..=6).
                 _ => 4 + 8 * ((le32(bytes, off + 8) >> 5) & 7).clamp(1, 6) as usize,
             };
-            let next = starts.iter().copied().find(|&s| s > off).unwrap_or(CFG_LEN);
-            let end = (off + body).min(next).min(CFG_LEN);
             let hdr = le32(bytes, off) & 0xfff0_0000;
+            // Never blank the header the chain goes on to (null capabilities included,
+            // which the walker does not list).
+            let own_next = (hdr >> 20) as usize & 0xffc;
+            let next = starts
+                .iter()
+                .copied()
+                .chain(Some(own_next))
+                .filter(|&s| s > off)
+                .min()
+                .unwrap_or(CFG_LEN);
+            let end = (off + body).min(next).min(CFG_LEN);
             self.emulate(off, &vec![0u8; end - off], 0);
             self.emulate(off, &hdr.to_le_bytes(), 0);
             log::debug!("{}: hiding {} at {off:#x}", self.name, c.name());
@@ -1322,6 +1332,25 @@ mod tests {
         wr(&mut vc, &d, ARI, 4, 0xffff_ffff);
         assert!(writes_since(&d, before).is_empty());
         assert_eq!(rd(&vc, &d, ARI, 4), u32::from(SRIOV) << 20);
+    }
+
+    #[test]
+    fn hiding_keeps_the_chain_through_null_capabilities() {
+        // ReBAR claims 6 BARs (0x34 bytes) but chains on at +0x10 to a null capability,
+        // which leads to AER: the guest must still reach AER.
+        let mut c = ConfigBuilder::new(0x10de, 0x2335, 0x03_0200, 0);
+        let b = c.bytes_mut();
+        let hdr = |id: u32, next: u32| (id | 1 << 16 | next << 20).to_le_bytes();
+        b[0x100..0x104].copy_from_slice(&hdr(u32::from(EXT_REBAR), 0x110));
+        b[0x108..0x10c].copy_from_slice(&(6u32 << 5).to_le_bytes());
+        b[0x110..0x114].copy_from_slice(&hdr(0, 0x200));
+        b[0x200..0x204].copy_from_slice(&hdr(0x0001, 0));
+        let d = soft(c.build());
+        let vc = VirtualConfig::new(&d, &ConfigOptions::default()).unwrap();
+        let caps = ConfigSpace::new(guest_view(&vc, &d)).capabilities();
+        let ids: Vec<(u16, u16)> = caps.extended.iter().map(|c| (c.offset, c.id)).collect();
+        assert_eq!(ids, vec![(0x200, 0x0001)], "{:?}", caps.warnings);
+        assert_eq!(rd(&vc, &d, 0x108, 4), 0, "ReBAR control hidden");
     }
 
     fn d_bytes(d: &SoftDevice) -> Vec<u8> {
