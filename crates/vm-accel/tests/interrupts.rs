@@ -1,0 +1,518 @@
+//! Interrupts on this host's /dev/kvm: a SoftDevice raises MSI-X, MSI and INTx vectors
+//! through the routes and irqfds attach sets up, and the vector must (or must not) appear
+//! in the vCPU's LAPIC IRR. Skipped with the reason when /dev/kvm is missing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_irqchip, KVM_IRQCHIP_IOAPIC};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_accel::attach::{
+    ConfigEvent, DeviceBackend, GsiRoutes, InterruptStats, Interrupts, MsiLayout, MsiState,
+    MsixLayout, SoftDevice,
+};
+use vm_vfio::access::IrqIndex;
+
+/// A VM with an in-kernel irqchip and one vCPU whose LAPIC accepts fixed interrupts.
+struct Guest {
+    // Kept open for the VM's life.
+    _kvm: Kvm,
+    vm: Arc<VmFd>,
+    vcpu: VcpuFd,
+}
+
+const LAPIC_SVR: usize = 0xf0;
+const LAPIC_IRR: usize = 0x200;
+/// MSI address of LAPIC 0 (physical destination mode).
+const MSI_ADDR: u64 = 0xfee0_0000;
+
+fn guest(test: &str, irqchip: bool) -> Option<Guest> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        vm_accel_tests::hw::skip(test, "/dev/kvm is missing");
+        return None;
+    }
+    let kvm = match Kvm::new() {
+        Ok(k) => k,
+        Err(e) => {
+            vm_accel_tests::hw::skip(test, &format!("cannot open /dev/kvm: {e}"));
+            return None;
+        }
+    };
+    let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+    if irqchip {
+        vm.create_irq_chip().expect("KVM_CREATE_IRQCHIP");
+    }
+    let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
+    if irqchip {
+        let mut lapic = vcpu.get_lapic().expect("KVM_GET_LAPIC");
+        // Software-enable the LAPIC (SVR bit 8, spurious vector 0xff).
+        for (i, b) in 0x1ffu32.to_le_bytes().iter().enumerate() {
+            lapic.regs[LAPIC_SVR + i] = *b as _;
+        }
+        vcpu.set_lapic(&lapic).expect("KVM_SET_LAPIC");
+    }
+    Some(Guest {
+        _kvm: kvm,
+        vm: Arc::new(vm),
+        vcpu,
+    })
+}
+
+impl Guest {
+    fn routes(&self) -> Arc<GsiRoutes> {
+        GsiRoutes::new(self.vm.clone(), 24..=4095).expect("GsiRoutes")
+    }
+
+    fn irr(&self, vector: u8) -> bool {
+        let lapic = self.vcpu.get_lapic().expect("KVM_GET_LAPIC");
+        let reg = LAPIC_IRR + usize::from(vector / 32) * 0x10;
+        let word = u32::from_le_bytes([0, 1, 2, 3].map(|i| lapic.regs[reg + i] as u8));
+        word & (1 << (vector % 32)) != 0
+    }
+
+    /// Waits for `vector` in the IRR: irqfd injection is asynchronous (up to 1 s).
+    fn delivered(&self, vector: u8) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(1) {
+            if self.irr(vector) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// `vector` is still not in the IRR after giving an injection time to land.
+    fn not_delivered(&self, vector: u8) -> bool {
+        std::thread::sleep(Duration::from_millis(100));
+        !self.irr(vector)
+    }
+}
+
+fn msix_layout(table_size: u16) -> MsixLayout {
+    MsixLayout {
+        offset: 0x70,
+        table_size,
+        table_bar: 0,
+        table_offset: 0,
+        pba_bar: 0,
+        pba_offset: 0x8000,
+    }
+}
+
+fn soft(index: IrqIndex, count: u32) -> Arc<SoftDevice> {
+    let dev = SoftDevice::new("soft-irq", vec![0; 256], &[])
+        .expect("SoftDevice")
+        .with_irqs(index, count);
+    Arc::new(dev)
+}
+
+/// Programs MSI-X entry `i` for LAPIC vector `vector`, with its mask bit.
+fn program(irq: &mut Interrupts, i: u64, vector: u8, masked: bool) {
+    irq.msix_table_write(i * 16, &(MSI_ADDR as u32).to_le_bytes())
+        .expect("address low");
+    irq.msix_table_write(i * 16 + 4, &0u32.to_le_bytes())
+        .expect("address high");
+    irq.msix_table_write(i * 16 + 8, &u32::from(vector).to_le_bytes())
+        .expect("data");
+    mask(irq, i, masked);
+}
+
+fn mask(irq: &mut Interrupts, i: u64, masked: bool) {
+    irq.msix_table_write(i * 16 + 12, &u32::from(masked).to_le_bytes())
+        .expect("vector control");
+}
+
+fn msix_control(irq: &mut Interrupts, enabled: bool, function_mask: bool) {
+    irq.on_config_event(&ConfigEvent::Msix {
+        enabled,
+        function_mask,
+    })
+    .expect("MSI-X control");
+}
+
+fn pba_bit(irq: &Interrupts, vector: u64) -> bool {
+    let mut q = [0u8; 8];
+    irq.pba_read(vector / 64 * 8, &mut q);
+    u64::from_le_bytes(q) & (1 << (vector % 64)) != 0
+}
+
+#[test]
+fn msix_unmasked_vector_reaches_the_lapic() {
+    let Some(g) = guest("msix_unmasked_vector_reaches_the_lapic", true) else {
+        return;
+    };
+    let routes = g.routes();
+    let dev = soft(IrqIndex::Msix, 4);
+    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(4)))
+        .expect("Interrupts");
+    program(&mut irq, 0, 0x40, false);
+    // Nothing is taken before MSI-X is enabled.
+    assert_eq!(irq.stats(), InterruptStats::default());
+    assert!(!dev.fire(IrqIndex::Msix, 0), "no eventfd before enable");
+    msix_control(&mut irq, true, false);
+    assert_eq!(
+        irq.stats(),
+        InterruptStats {
+            gsis: 1,
+            irqfds: 1,
+            vfio_vectors: 1
+        }
+    );
+    assert_eq!(routes.len(), 1);
+    assert_eq!(dev.routed_vectors(IrqIndex::Msix), vec![0]);
+    assert!(!g.irr(0x40));
+    assert!(dev.fire(IrqIndex::Msix, 0));
+    assert!(g.delivered(0x40), "vector 0x40 not in the IRR");
+
+    // The table reads back what the guest wrote; an untouched entry reads masked.
+    let mut d = [0u8; 8];
+    irq.msix_table_read(0, &mut d);
+    assert_eq!(u64::from_le_bytes(d), MSI_ADDR);
+    irq.msix_table_read(8, &mut d);
+    assert_eq!(u64::from_le_bytes(d), 0x40);
+    irq.msix_table_read(16 + 12, &mut d[..4]);
+    assert_eq!(u32::from_le_bytes([d[0], d[1], d[2], d[3]]), 1);
+    // Misaligned or out-of-table accesses are refused, and change nothing.
+    assert!(irq.msix_table_write(2, &[0; 4]).is_err());
+    assert!(irq.msix_table_write(4 * 16, &[0; 4]).is_err());
+    assert!(irq.msix_table_write(0, &[0; 2]).is_err());
+    let mut d4 = [0u8; 4];
+    irq.msix_table_read(0, &mut d4);
+    assert_eq!(u32::from_le_bytes(d4), MSI_ADDR as u32);
+}
+
+#[test]
+fn msix_masked_vector_is_pending_and_delivered_on_unmask() {
+    let Some(g) = guest(
+        "msix_masked_vector_is_pending_and_delivered_on_unmask",
+        true,
+    ) else {
+        return;
+    };
+    let routes = g.routes();
+    let dev = soft(IrqIndex::Msix, 8);
+    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(8)))
+        .expect("Interrupts");
+    program(&mut irq, 1, 0x41, false);
+    program(&mut irq, 2, 0x42, false);
+    msix_control(&mut irq, true, false);
+
+    // Vector mask.
+    mask(&mut irq, 1, true);
+    assert_eq!(irq.stats().irqfds, 1, "masking deassigns the irqfd");
+    assert_eq!(irq.stats().gsis, 2, "the route stays while masked");
+    assert!(!pba_bit(&irq, 1));
+    assert!(dev.fire(IrqIndex::Msix, 1));
+    assert!(g.not_delivered(0x41), "a masked vector was delivered");
+    assert!(pba_bit(&irq, 1), "PBA bit of the masked vector that fired");
+    assert!(!pba_bit(&irq, 2));
+    mask(&mut irq, 1, false);
+    assert!(g.delivered(0x41), "pending vector not delivered on unmask");
+    assert!(!pba_bit(&irq, 1), "PBA bit after delivery");
+    // Masked again without a new interrupt: nothing pending (delivered counts are gone).
+    mask(&mut irq, 1, true);
+    assert!(!pba_bit(&irq, 1), "stale PBA bit after mask");
+
+    // Function mask.
+    msix_control(&mut irq, true, true);
+    assert_eq!(irq.stats().irqfds, 0);
+    assert!(dev.fire(IrqIndex::Msix, 2));
+    assert!(g.not_delivered(0x42), "delivered under the function mask");
+    assert!(pba_bit(&irq, 2));
+    msix_control(&mut irq, true, false);
+    assert!(
+        g.delivered(0x42),
+        "pending vector not delivered on function unmask"
+    );
+    assert!(!pba_bit(&irq, 2));
+    // Vector 1 is still masked in its entry.
+    assert_eq!(irq.stats().irqfds, 1);
+
+    // A bad PBA access reads zeros instead of failing.
+    let mut d = [0xaau8; 4];
+    irq.pba_read(2, &mut d);
+    assert_eq!(d, [0; 4]);
+}
+
+#[test]
+fn msix_2048_vectors_take_gsis_only_when_unmasked() {
+    let Some(g) = guest("msix_2048_vectors_take_gsis_only_when_unmasked", true) else {
+        return;
+    };
+    let routes = g.routes();
+    let dev = soft(IrqIndex::Msix, 2048);
+    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(2048)))
+        .expect("Interrupts");
+    msix_control(&mut irq, true, false);
+    for i in 0..2048 {
+        program(&mut irq, i, 0x50, true);
+    }
+    assert_eq!(irq.stats(), InterruptStats::default());
+    assert_eq!(routes.len(), 0);
+    for i in [0, 1000, 2047] {
+        mask(&mut irq, i, false);
+    }
+    assert_eq!(
+        irq.stats(),
+        InterruptStats {
+            gsis: 3,
+            irqfds: 3,
+            vfio_vectors: 3
+        }
+    );
+    assert_eq!(routes.len(), 3);
+    assert_eq!(dev.routed_vectors(IrqIndex::Msix), vec![0, 1000, 2047]);
+    assert!(dev.fire(IrqIndex::Msix, 2047));
+    assert!(g.delivered(0x50));
+
+    // Disable frees the GSIs and turns MSI-X off in VFIO.
+    msix_control(&mut irq, false, false);
+    assert_eq!(irq.stats(), InterruptStats::default());
+    assert_eq!(routes.len(), 0);
+    assert!(!dev.irq_enabled(IrqIndex::Msix));
+    assert_eq!(routes.allocate().expect("GSI"), 24, "GSIs were given back");
+}
+
+#[test]
+fn msix_route_follows_a_reprogrammed_entry() {
+    let Some(g) = guest("msix_route_follows_a_reprogrammed_entry", true) else {
+        return;
+    };
+    let dev = soft(IrqIndex::Msix, 1);
+    let mut irq =
+        Interrupts::new(dev.clone(), g.routes(), None, Some(msix_layout(1))).expect("Interrupts");
+    program(&mut irq, 0, 0x60, false);
+    msix_control(&mut irq, true, false);
+    // The guest moves the vector (as Linux does for affinity): mask, new data, unmask.
+    mask(&mut irq, 0, true);
+    irq.msix_table_write(8, &0x61u32.to_le_bytes())
+        .expect("data");
+    mask(&mut irq, 0, false);
+    assert!(dev.fire(IrqIndex::Msix, 0));
+    assert!(g.delivered(0x61), "new data not used");
+    assert!(!g.irr(0x60), "old data used");
+}
+
+#[test]
+fn msi_vectors_with_per_vector_mask() {
+    let Some(g) = guest("msi_vectors_with_per_vector_mask", true) else {
+        return;
+    };
+    let routes = g.routes();
+    let dev = soft(IrqIndex::Msi, 4);
+    let layout = MsiLayout {
+        offset: 0x50,
+        max_vectors: 4,
+        is_64bit: true,
+        per_vector_mask: true,
+    };
+    let mut irq = Interrupts::new(dev.clone(), routes.clone(), Some(layout), None).expect("new");
+    let mut st = MsiState {
+        enabled: true,
+        vectors: 4,
+        address: MSI_ADDR,
+        data: 0x70,
+        mask: 0b0010,
+    };
+    irq.on_config_event(&ConfigEvent::Msi(st)).expect("MSI on");
+    assert_eq!(
+        irq.stats(),
+        InterruptStats {
+            gsis: 3,
+            irqfds: 3,
+            vfio_vectors: 4
+        }
+    );
+    assert!(dev.fire(IrqIndex::Msi, 0));
+    assert!(g.delivered(0x70));
+    assert!(dev.fire(IrqIndex::Msi, 3));
+    assert!(g.delivered(0x73), "vector 3 uses data | 3");
+    assert!(dev.fire(IrqIndex::Msi, 1));
+    assert!(g.not_delivered(0x71), "masked MSI vector delivered");
+    assert_eq!(irq.msi_pending(), 0b0010);
+    st.mask = 0;
+    irq.on_config_event(&ConfigEvent::Msi(st)).expect("unmask");
+    assert!(
+        g.delivered(0x71),
+        "pending MSI vector not delivered on unmask"
+    );
+    assert_eq!(irq.msi_pending(), 0);
+    assert_eq!(irq.stats().gsis, 4);
+    // More vectors than the capability offers: refused, nothing changes.
+    let too_many = MsiState { vectors: 8, ..st };
+    assert!(irq.on_config_event(&ConfigEvent::Msi(too_many)).is_err());
+    assert_eq!(irq.stats().gsis, 4);
+    st.enabled = false;
+    irq.on_config_event(&ConfigEvent::Msi(st)).expect("MSI off");
+    assert_eq!(irq.stats(), InterruptStats::default());
+    assert_eq!(routes.len(), 0);
+    assert!(!dev.irq_enabled(IrqIndex::Msi));
+}
+
+/// Points IOAPIC pin `pin` at LAPIC vector `vector` (fixed, physical dest 0, level, unmasked).
+fn ioapic_pin(vm: &VmFd, pin: usize, vector: u8) {
+    let mut chip = kvm_irqchip {
+        chip_id: KVM_IRQCHIP_IOAPIC,
+        ..Default::default()
+    };
+    vm.get_irqchip(&mut chip).expect("KVM_GET_IRQCHIP");
+    // SAFETY: chip_id IOAPIC selects the ioapic member of the union (KVM filled it).
+    unsafe {
+        chip.chip.ioapic.redirtbl[pin].bits = u64::from(vector) | 1 << 15;
+    }
+    vm.set_irqchip(&chip).expect("KVM_SET_IRQCHIP");
+}
+
+#[test]
+fn intx_through_a_resampling_irqfd() {
+    let Some(g) = guest("intx_through_a_resampling_irqfd", true) else {
+        return;
+    };
+    let routes = g.routes();
+    routes
+        .set_irqchip(10, KVM_IRQCHIP_IOAPIC, 10)
+        .expect("INTx route");
+    ioapic_pin(&g.vm, 10, 0x80);
+    let dev = Arc::new(
+        SoftDevice::new("soft-irq", vec![0; 256], &[])
+            .expect("SoftDevice")
+            .with_irqs(IrqIndex::Intx, 1)
+            .with_irqs(IrqIndex::Msix, 1),
+    );
+    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(1)))
+        .expect("Interrupts");
+    irq.enable_intx(10).expect("INTx");
+    assert_eq!(
+        irq.stats(),
+        InterruptStats {
+            gsis: 0,
+            irqfds: 1,
+            vfio_vectors: 1
+        }
+    );
+    assert!(
+        dev.intx_unmask_fd().is_some(),
+        "VFIO got the resample eventfd"
+    );
+    assert!(dev.fire(IrqIndex::Intx, 0));
+    assert!(g.delivered(0x80), "INTx not delivered through the IOAPIC");
+
+    // MSI-X on: INTx off in VFIO and KVM; MSI-X off: INTx back.
+    program(&mut irq, 0, 0x81, false);
+    msix_control(&mut irq, true, false);
+    assert!(!dev.irq_enabled(IrqIndex::Intx));
+    assert!(dev.irq_enabled(IrqIndex::Msix));
+    assert_eq!(irq.stats().irqfds, 1);
+    msix_control(&mut irq, false, false);
+    assert!(dev.irq_enabled(IrqIndex::Intx));
+    assert_eq!(
+        irq.stats(),
+        InterruptStats {
+            gsis: 0,
+            irqfds: 1,
+            vfio_vectors: 1
+        }
+    );
+    // The VMM's route is the VMM's: not counted, not removed.
+    assert_eq!(routes.len(), 1);
+}
+
+#[test]
+fn teardown_leaves_no_route_irqfd_or_vfio_vector() {
+    let Some(g) = guest("teardown_leaves_no_route_irqfd_or_vfio_vector", true) else {
+        return;
+    };
+    let routes = g.routes();
+    routes
+        .set_irqchip(11, KVM_IRQCHIP_IOAPIC, 11)
+        .expect("INTx route");
+    let dev = Arc::new(
+        SoftDevice::new("soft-irq", vec![0; 256], &[])
+            .expect("SoftDevice")
+            .with_irqs(IrqIndex::Intx, 1)
+            .with_irqs(IrqIndex::Msix, 16),
+    );
+    for round in 0..3 {
+        let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(16)))
+            .expect("Interrupts");
+        irq.enable_intx(11).expect("INTx");
+        msix_control(&mut irq, true, false);
+        for i in 0..16 {
+            program(&mut irq, i, 0x90, i % 2 == 1);
+        }
+        assert_eq!(irq.stats().gsis, 8, "round {round}");
+        assert_eq!(routes.len(), 9);
+        irq.teardown().expect("teardown");
+        assert_eq!(irq.stats(), InterruptStats::default());
+        assert_eq!(routes.len(), 1, "only the VMM's INTx route is left");
+        assert!(dev.routed_vectors(IrqIndex::Msix).is_empty());
+        assert!(!dev.irq_enabled(IrqIndex::Msix));
+        assert!(!dev.irq_enabled(IrqIndex::Intx));
+        irq.teardown().expect("teardown is idempotent");
+    }
+    // Dropping without teardown releases too.
+    {
+        let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(16)))
+            .expect("Interrupts");
+        msix_control(&mut irq, true, false);
+        program(&mut irq, 3, 0x90, false);
+        assert_eq!(routes.len(), 2);
+    }
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes.allocate().expect("GSI"), 24, "every GSI was freed");
+}
+
+#[test]
+fn errors_name_the_ioctl_and_change_nothing() {
+    // Without an in-kernel irqchip KVM refuses both routes and irqfds.
+    let Some(g) = guest("errors_name_the_ioctl_and_change_nothing", false) else {
+        return;
+    };
+    let routes = g.routes();
+    let e = routes.set_msi(30, MSI_ADDR, 0x40).expect_err("no irqchip");
+    assert!(e.to_string().contains("KVM_SET_GSI_ROUTING"), "{e}");
+    assert!(e.errno().is_some());
+    assert_eq!(routes.len(), 0, "refused route kept");
+
+    let dev = soft(IrqIndex::Msix, 4);
+    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(4)))
+        .expect("Interrupts");
+    msix_control(&mut irq, true, false);
+    program(&mut irq, 0, 0x40, true);
+    let e = irq
+        .msix_table_write(12, &0u32.to_le_bytes())
+        .expect_err("unmask without irqchip");
+    assert!(e.to_string().contains("KVM_SET_GSI_ROUTING"), "{e}");
+    assert_eq!(irq.stats().gsis, 0, "GSI of the refused route freed");
+    assert_eq!(routes.allocate().expect("GSI"), 24);
+
+    let dev = Arc::new(
+        SoftDevice::new("soft-irq", vec![0; 256], &[])
+            .expect("SoftDevice")
+            .with_irqs(IrqIndex::Intx, 1),
+    );
+    let mut irq = Interrupts::new(dev.clone(), routes, None, None).expect("Interrupts");
+    let e = irq.enable_intx(10).expect_err("INTx without irqchip");
+    assert!(e.to_string().contains("KVM_IRQFD"), "{e}");
+    irq.teardown().expect("teardown after a failed enable");
+    assert!(!dev.irq_enabled(IrqIndex::Intx));
+
+    // Asking for what the device lacks is an error, not a panic.
+    let mut none = Interrupts::new(dev.clone(), g.routes(), None, None).expect("Interrupts");
+    assert!(none
+        .on_config_event(&ConfigEvent::Msix {
+            enabled: true,
+            function_mask: false
+        })
+        .is_err());
+    assert!(none.msix_table_write(0, &[0; 4]).is_err());
+    let mut d = [0u8; 4];
+    none.msix_table_read(0, &mut d);
+    assert_eq!(d, [0xff; 4]);
+    let no_intx = soft(IrqIndex::Msix, 1);
+    let mut irq = Interrupts::new(no_intx, g.routes(), None, None).expect("Interrupts");
+    assert!(irq.enable_intx(10).is_err());
+    assert!(Interrupts::new(dev.clone(), g.routes(), None, Some(msix_layout(4096))).is_err());
+    let _ = dev.name();
+}
