@@ -348,7 +348,12 @@ impl Interrupts {
             return;
         };
         let len = data.len() as u64;
-        if !(len == 4 || len == 8) || off % len != 0 || off + len > x.layout.pba_len() {
+        if !(len == 4 || len == 8)
+            || off % len != 0
+            || off
+                .checked_add(len)
+                .is_none_or(|end| end > x.layout.pba_len())
+        {
             log::debug!("{}: PBA read {off:#x}+{len} ignored", self.name);
             return;
         }
