@@ -528,8 +528,8 @@ enum Access {
 
 fn access() -> impl proptest::strategy::Strategy<Value = Access> {
     use proptest::prelude::*;
-    // Offsets mostly near the 4-entry table (so some hit), sometimes anywhere.
-    let off = prop_oneof![0u64..80, any::<u64>()];
+    // Offsets near the 4-entry table (so some hit), at the top of u64 (overflow), anywhere.
+    let off = prop_oneof![0u64..80, u64::MAX - 16..=u64::MAX, any::<u64>()];
     prop_oneof![
         (off.clone(), 0usize..=16).prop_map(|(o, n)| Access::TableRead(o, n)),
         (off.clone(), proptest::collection::vec(any::<u8>(), 0..=16))
