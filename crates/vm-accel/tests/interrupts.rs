@@ -138,6 +138,13 @@ fn pba_bit(irq: &Interrupts, vector: u64) -> bool {
 }
 
 #[test]
+fn types_can_move_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<GsiRoutes>();
+    shared::<Interrupts>();
+}
+
+#[test]
 fn msix_unmasked_vector_reaches_the_lapic() {
     let Some(g) = guest("msix_unmasked_vector_reaches_the_lapic", true) else {
         return;
@@ -292,6 +299,12 @@ fn msix_route_follows_a_reprogrammed_entry() {
     assert!(dev.fire(IrqIndex::Msix, 0));
     assert!(g.delivered(0x61), "new data not used");
     assert!(!g.irr(0x60), "old data used");
+    // Reprogrammed while unmasked: the route is updated under the live irqfd.
+    irq.msix_table_write(8, &0x62u32.to_le_bytes())
+        .expect("data");
+    assert_eq!(irq.stats().gsis, 1, "same GSI, new message");
+    assert!(dev.fire(IrqIndex::Msix, 0));
+    assert!(g.delivered(0x62), "live route not updated");
 }
 
 #[test]
@@ -399,8 +412,13 @@ fn intx_through_a_resampling_irqfd() {
     assert!(g.delivered(0x80), "INTx not delivered through the IOAPIC");
 
     // MSI-X on: INTx off in VFIO and KVM; MSI-X off: INTx back.
-    program(&mut irq, 0, 0x81, false);
     msix_control(&mut irq, true, false);
+    assert!(
+        !dev.irq_enabled(IrqIndex::Intx),
+        "INTx on while MSI-X is enabled (no vector active yet)"
+    );
+    assert_eq!(irq.stats(), InterruptStats::default());
+    program(&mut irq, 0, 0x81, false);
     assert!(!dev.irq_enabled(IrqIndex::Intx));
     assert!(dev.irq_enabled(IrqIndex::Msix));
     assert_eq!(irq.stats().irqfds, 1);
@@ -416,6 +434,18 @@ fn intx_through_a_resampling_irqfd() {
     );
     // The VMM's route is the VMM's: not counted, not removed.
     assert_eq!(routes.len(), 1);
+    irq.teardown().expect("teardown");
+
+    // INTx wired while the guest has MSI-X enabled (no vector active yet) stays off.
+    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(1)))
+        .expect("Interrupts");
+    msix_control(&mut irq, true, false);
+    irq.enable_intx(10).expect("INTx");
+    assert!(!dev.irq_enabled(IrqIndex::Intx), "INTx on under MSI-X");
+    assert_eq!(irq.stats(), InterruptStats::default());
+    msix_control(&mut irq, false, false);
+    assert!(dev.irq_enabled(IrqIndex::Intx));
+    assert_eq!(irq.stats().irqfds, 1);
 }
 
 #[test]

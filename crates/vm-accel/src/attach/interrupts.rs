@@ -394,24 +394,21 @@ impl Interrupts {
                 "the device has no INTx pin",
             ));
         }
-        if self.intx.as_ref().is_some_and(|i| i.gsi == gsi) {
-            return Ok(());
+        if self.intx.as_ref().is_none_or(|i| i.gsi != gsi) {
+            self.intx_off()?;
+            self.intx = None;
+            let trigger = Vector::new("INTx")?.fd;
+            let resample = Vector::new("the INTx resample")?.fd;
+            self.intx = Some(Intx {
+                gsi,
+                trigger,
+                resample,
+                irqfd: false,
+                vfio: false,
+            });
         }
-        self.intx_off()?;
-        self.intx = None;
-        let trigger = Vector::new("INTx")?.fd;
-        let resample = Vector::new("the INTx resample")?.fd;
-        self.intx = Some(Intx {
-            gsi,
-            trigger,
-            resample,
-            irqfd: false,
-            vfio: false,
-        });
-        if !self.msi_on() && !self.msix_on() {
-            self.intx_on()?;
-        }
-        Ok(())
+        // Also finishes an earlier enable of the same GSI that failed half way.
+        self.intx_back()
     }
 
     /// Releases everything, in the order that cannot inject into a freed route: irqfds, then
@@ -467,8 +464,9 @@ impl Interrupts {
         s
     }
 
+    /// The guest has MSI-X enabled (INTx must stay off, even before a vector is active).
     fn msix_on(&self) -> bool {
-        self.msix.as_ref().is_some_and(|x| x.vfio_on)
+        self.msix.as_ref().is_some_and(|x| x.enabled || x.vfio_on)
     }
 
     fn msi_on(&self) -> bool {
@@ -499,6 +497,9 @@ impl Interrupts {
             if self.msi_on() {
                 log::warn!("{}: MSI-X enabled while MSI is on; MSI off", self.name);
                 self.msi_off()?;
+                if let Some(m) = &mut self.msi {
+                    m.state.enabled = false;
+                }
             }
         }
         let n = self.msix.as_ref().map_or(0, |x| x.table.len());
@@ -595,6 +596,9 @@ impl Interrupts {
             if self.msix_on() {
                 log::warn!("{name}: MSI enabled while MSI-X is on; MSI-X off");
                 self.msix_off()?;
+                if let Some(x) = &mut self.msix {
+                    x.enabled = false;
+                }
             }
             let vectors = (0..n)
                 .map(|i| Vector::new(&format!("MSI vector {i}")))
