@@ -500,10 +500,16 @@ fn errors_name_the_ioctl_and_change_nothing() {
         return;
     };
     let routes = g.routes();
-    let e = routes.set_msi(30, MSI_ADDR, 0x40).expect_err("no irqchip");
+    let e = routes
+        .set_msi(30, MSI_ADDR, 0x40)
+        .expect_err("GSI not allocated");
+    assert!(e.to_string().contains("not allocated"), "{e}");
+    let gsi = routes.allocate().expect("GSI");
+    let e = routes.set_msi(gsi, MSI_ADDR, 0x40).expect_err("no irqchip");
     assert!(e.to_string().contains("KVM_SET_GSI_ROUTING"), "{e}");
     assert!(e.errno().is_some());
     assert_eq!(routes.len(), 0, "refused route kept");
+    routes.free(gsi);
 
     let dev = soft(IrqIndex::Msix, 4);
     let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(4)))

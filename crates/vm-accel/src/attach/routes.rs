@@ -113,7 +113,9 @@ impl GsiRoutes {
         }
     }
 
-    /// Routes `gsi` to an MSI message (replacing what it had).
+    /// Routes `gsi` to an MSI message (replacing what it had). A GSI inside the range given
+    /// to [`GsiRoutes::new`] must come from [`GsiRoutes::allocate`]; one outside it is the
+    /// VMM's to manage.
     pub fn set_msi(&self, gsi: u32, address: u64, data: u32) -> Result<()> {
         self.update(gsi, |entries| {
             *entries = vec![Route::Msi { address, data }];
@@ -159,6 +161,19 @@ impl GsiRoutes {
     /// Changes the entries of `gsi` and writes the table; undoes the change when KVM refuses.
     fn update(&self, gsi: u32, change: impl FnOnce(&mut Vec<Route>)) -> Result<()> {
         let mut t = self.lock();
+        // A GSI of the allocator's range is only routed once handed out: otherwise a later
+        // allocate() would give a device the VMM's route.
+        if self.gsis.contains(&gsi) && !t.ids.is_allocated(gsi) {
+            return Err(Error::invalid(
+                "(vm)",
+                format!("route GSI {gsi}"),
+                format!(
+                    "in the allocated range {}..={} but not allocated",
+                    self.gsis.start(),
+                    self.gsis.end()
+                ),
+            ));
+        }
         let old = t.routes.get(&gsi).cloned();
         let mut entries = old.clone().unwrap_or_default();
         change(&mut entries);
