@@ -1,6 +1,7 @@
 //! Interrupts on this host's /dev/kvm: a SoftDevice raises MSI-X, MSI and INTx vectors
 //! through the routes and irqfds attach sets up, and the vector must (or must not) appear
-//! in the vCPU's LAPIC IRR. Skipped with the reason when /dev/kvm is missing.
+//! in the vCPU's LAPIC IRR; for INTx a real-mode guest takes the interrupt and EOIs it.
+//! Skipped with the reason when /dev/kvm is missing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -610,4 +611,163 @@ proptest::proptest! {
         proptest::prop_assert_eq!(irq.stats(), InterruptStats::default());
         proptest::prop_assert_eq!(routes.len(), 0);
     }
+}
+
+/// Guest code (16-bit real mode, at 0x1000): wait for interrupts.
+const GUEST_MAIN: &[u8] = &[
+    0xfb, // sti
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp hlt
+];
+/// Interrupt handler (at 0x2000): x2APIC EOI (wrmsr 0x80b), then `out 0x10` to report.
+const GUEST_HANDLER: &[u8] = &[
+    0x66, 0xb9, 0x0b, 0x08, 0x00, 0x00, // mov ecx, 0x80b (x2APIC EOI)
+    0x66, 0x31, 0xc0, // xor eax, eax
+    0x66, 0x31, 0xd2, // xor edx, edx
+    0x0f, 0x30, // wrmsr
+    0xe6, 0x10, // out 0x10, al
+    0xf4, // hlt
+];
+
+extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Runs `vcpu` until the guest reports on port 0x10 (true), or 2 s pass (false).
+fn run_until_report(vcpu: VcpuFd) -> bool {
+    use kvm_ioctls::VcpuExit;
+    use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+    register_signal_handler(SIGRTMIN(), kick).expect("signal handler");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        let mut vcpu = vcpu;
+        let reported = loop {
+            match vcpu.run() {
+                Ok(VcpuExit::IoOut(0x10, _)) => break true,
+                Ok(VcpuExit::Hlt) => continue,
+                Ok(other) => {
+                    eprintln!("unexpected exit {other:?}");
+                    break false;
+                }
+                Err(e) => {
+                    if e.errno() != libc::EINTR {
+                        eprintln!("KVM_RUN: {e}");
+                    }
+                    break false;
+                }
+            }
+        };
+        let _ = tx.send(());
+        reported
+    });
+    if rx.recv_timeout(Duration::from_secs(2)).is_err() {
+        // The guest never reported: kick KVM_RUN out (again, in case a kick came before it).
+        while !runner.is_finished() {
+            let _ = runner.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    runner.join().unwrap_or(false)
+}
+
+#[test]
+fn intx_eoi_in_the_guest_signals_the_resample_eventfd() {
+    use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+    let test = "intx_eoi_in_the_guest_signals_the_resample_eventfd";
+    if !std::path::Path::new("/dev/kvm").exists() {
+        vm_accel_tests::hw::skip(test, "/dev/kvm is missing");
+        return;
+    }
+    let Ok(kvm) = Kvm::new() else {
+        vm_accel_tests::hw::skip(test, "cannot open /dev/kvm");
+        return;
+    };
+    let vm = Arc::new(kvm.create_vm().expect("KVM_CREATE_VM"));
+    vm.create_irq_chip().expect("KVM_CREATE_IRQCHIP");
+    let mem: GuestMemoryMmap<()> =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("guest RAM");
+    mem.write_slice(GUEST_MAIN, GuestAddress(0x1000))
+        .expect("code");
+    mem.write_slice(GUEST_HANDLER, GuestAddress(0x2000))
+        .expect("handler");
+    // Real-mode IVT entry of vector 0x80: offset 0x2000, segment 0.
+    mem.write_slice(&[0x00, 0x20, 0x00, 0x00], GuestAddress(0x80 * 4))
+        .expect("IVT");
+    let host = mem.get_host_address(GuestAddress(0)).expect("host address");
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        guest_phys_addr: 0,
+        memory_size: 0x10000,
+        userspace_addr: host as u64,
+        flags: 0,
+    };
+    // SAFETY: `mem` maps those 64 KiB and outlives the VM's use of them (the vCPU stops
+    // before this function returns).
+    unsafe { vm.set_user_memory_region(region) }.expect("KVM_SET_USER_MEMORY_REGION");
+
+    let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .expect("KVM_GET_SUPPORTED_CPUID");
+    for e in cpuid.as_mut_slice() {
+        if e.function == 1 {
+            e.ecx |= 1 << 21; // x2APIC: EOI by wrmsr works from real mode
+        }
+    }
+    vcpu.set_cpuid2(&cpuid).expect("KVM_SET_CPUID2");
+    let apic_base = Msrs::from_entries(&[kvm_msr_entry {
+        index: 0x1b,
+        data: 0xfee0_0000 | 1 << 11 | 1 << 10 | 1 << 8, // enabled, x2APIC, BSP
+        ..Default::default()
+    }])
+    .expect("MSR list");
+    assert_eq!(vcpu.set_msrs(&apic_base).expect("KVM_SET_MSRS"), 1);
+    let mut lapic = vcpu.get_lapic().expect("KVM_GET_LAPIC");
+    for (i, b) in 0x1ffu32.to_le_bytes().iter().enumerate() {
+        lapic.regs[LAPIC_SVR + i] = *b as _;
+    }
+    vcpu.set_lapic(&lapic).expect("KVM_SET_LAPIC");
+    let mut sregs = vcpu.get_sregs().expect("KVM_GET_SREGS");
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).expect("KVM_SET_SREGS");
+    let mut regs = vcpu.get_regs().expect("KVM_GET_REGS");
+    regs.rip = 0x1000;
+    regs.rflags = 2;
+    regs.rsp = 0x8000;
+    vcpu.set_regs(&regs).expect("KVM_SET_REGS");
+
+    let routes = GsiRoutes::new(vm.clone(), 24..=4095).expect("GsiRoutes");
+    routes
+        .set_irqchip(10, KVM_IRQCHIP_IOAPIC, 10)
+        .expect("INTx route");
+    ioapic_pin(&vm, 10, 0x80);
+    let dev = soft(IrqIndex::Intx, 1);
+    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, None).expect("Interrupts");
+    irq.enable_intx(10).expect("INTx");
+    let unmask = dev.intx_unmask_fd().expect("VFIO got the resample eventfd");
+    assert!(
+        unmask.read().is_err(),
+        "resample eventfd signalled before any EOI"
+    );
+
+    assert!(dev.fire(IrqIndex::Intx, 0));
+    assert!(
+        run_until_report(vcpu),
+        "the guest did not take INTx (vector 0x80) and report"
+    );
+    // The guest's EOI of the level interrupt made KVM signal the resample eventfd, which
+    // VFIO uses to unmask the line.
+    let start = Instant::now();
+    let mut count = unmask.read();
+    while count.is_err() && start.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+        count = unmask.read();
+    }
+    assert_eq!(
+        count.ok(),
+        Some(1),
+        "no resample signal after the guest's EOI"
+    );
+    irq.teardown().expect("teardown");
 }
