@@ -136,6 +136,17 @@ const SUITES: &[Suite] = &[
         env: &[],
     },
     Suite {
+        name: "kvm-irq",
+        about: "vm-accel attach interrupts: MSI-X/MSI/INTx routes + irqfds reach a vCPU's LAPIC, PBA, guest EOI",
+        needs: &[Cap::Kvm],
+        runner: Runner::CargoTest {
+            package: "vm-accel",
+            tests: &["interrupts"],
+            features: &[],
+        },
+        env: &[],
+    },
+    Suite {
         name: "cuda",
         about: "vm-cuda on a real GPU: PTX load, checked launches, copies, health check",
         needs: &[Cap::Gpu],
