@@ -36,6 +36,7 @@ pub const TARGETS: &[LabTarget] = &[
     LabTarget { name: "lab_vfio_legacy", package: "vm-vfio", test: "lab_vfio_legacy", features: &[], bins: &[], in_all: true, iommufd: false },
     LabTarget { name: "lab_vfio_iommufd", package: "vm-vfio", test: "lab_vfio_iommufd", features: &[], bins: &[], in_all: true, iommufd: true },
     LabTarget { name: "lab_vfio_msix", package: "vm-vfio", test: "lab_vfio_msix", features: &[], bins: &[], in_all: true, iommufd: false },
+    LabTarget { name: "lab_attach_irq", package: "vm-accel", test: "lab_attach_irq", features: &[], bins: &[], in_all: true, iommufd: false },
     LabTarget { name: "lab_vfio_bind", package: "vm-vfio", test: "lab_vfio_bind", features: &[], bins: &[("vm-accel", "vm-accel")], in_all: true, iommufd: false },
     // Fails on purpose: proves that a failing, dying or hanging guest test fails the lab.
     LabTarget { name: "lab_broken", package: "vm-accel-tests", test: "lab_broken", features: &[], bins: &[], in_all: false, iommufd: false },
