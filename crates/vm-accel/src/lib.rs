@@ -7,6 +7,7 @@
 //! function and the CUDA device that is the same hardware, matched by PCI bus id.
 
 pub mod attach;
+pub mod lifecycle;
 
 pub use vm_cuda;
 pub use vm_pci;
@@ -19,11 +20,24 @@ use vm_pci::{Bdf, Inventory, PciDevice, SysfsRoot};
 /// Errors of the facade: whichever layer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Discovery (sysfs) failed.
     #[error(transparent)]
     Pci(#[from] vm_pci::Error),
+    /// CUDA failed (or is not available).
     #[error(transparent)]
     Cuda(#[from] vm_cuda::Error),
+    /// Binding to vfio-pci or giving the device back failed.
+    #[error(transparent)]
+    Bind(#[from] vm_vfio::bind::BindError),
+    /// Attaching failed: VFIO or KVM refused, or a guest resource ran out.
+    #[error(transparent)]
+    Attach(#[from] attach::Error),
+    /// What was asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
+
+pub use lifecycle::{prepare, Attached, Prepared, Refused, Released};
 
 /// An accelerator as the host sees it: its PCI function and, when the CUDA driver owns it,
 /// the CUDA device.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod attach;
 mod bind;
 mod cuda;
 mod pci;
@@ -57,6 +58,9 @@ enum Command {
     Unbind(bind::UnbindArgs),
     /// Restore every device recorded as changed by vm-accel (after a crash, say).
     Restore(bind::RestoreArgs),
+    /// Attach a vfio-pci device to a throwaway KVM VM and detach it: proves a VMM could
+    /// use it now, and times each step.
+    AttachTest(attach::AttachTestArgs),
 }
 
 /// Prints a value as pretty JSON on stdout.
@@ -80,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Bind(a) => bind::bind(g, a),
         Command::Unbind(a) => bind::unbind(g, a),
         Command::Restore(a) => bind::restore(g, a),
+        Command::AttachTest(a) => attach::attach_test(g, a),
     };
     match result {
         Ok(code) => code,

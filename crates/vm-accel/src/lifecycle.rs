@@ -1,0 +1,174 @@
+//! The device lifecycle as types: [`prepare`] gives a [`Prepared`] device (its IOMMU group on
+//! vfio-pci), [`Prepared::attach`] an [`Attached`] one (inside a VM), [`Attached::detach`] the
+//! [`Prepared`] device back, [`Prepared::release`] a [`Released`] one (on its original
+//! drivers again), which [`Released::health_check`] can prove good before the next tenant.
+//!
+//! Each step consumes the state it needs, so steps cannot run out of order (no attach of an
+//! unbound device, no release of an attached one). A step that fails hands back the state it
+//! was given ([`Refused`]), with the host as it was.
+
+use std::sync::Arc;
+
+use vm_pci::Bdf;
+use vm_vfio::access::BackendChoice;
+use vm_vfio::bind::{Binder, Kernel, Outcome};
+
+use crate::attach::{AttachOptions, AttachVm, AttachedDevice, DetachReport};
+use crate::Error;
+
+/// A failed step: the error, and the state the step was given, unchanged (boxed in the
+/// step's `Result`: a state carries the binding outcome).
+#[derive(Debug)]
+pub struct Refused<T> {
+    /// What failed.
+    pub error: Error,
+    /// The state to go on from (retry, or take another path).
+    pub state: T,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Display for Refused<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<T: std::fmt::Debug> std::error::Error for Refused<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// A device whose IOMMU group is on vfio-pci, recorded so it can be given back.
+#[derive(Debug)]
+pub struct Prepared {
+    bdf: Bdf,
+    outcome: Outcome,
+    paths: vm_vfio::bind::Paths,
+}
+
+/// A device inside a VM.
+#[derive(Debug)]
+pub struct Attached {
+    prepared: Prepared,
+    device: AttachedDevice,
+}
+
+/// A device given back to its original drivers.
+#[derive(Debug)]
+pub struct Released {
+    bdf: Bdf,
+    outcome: Outcome,
+}
+
+/// Moves `bdf` and its IOMMU group to vfio-pci (refusing on failed readiness checks,
+/// rolling back on any failure, recording what it changed).
+pub fn prepare<K: Kernel>(binder: &mut Binder<K>, bdf: Bdf) -> Result<Prepared, Error> {
+    let outcome = binder.prepare(bdf)?;
+    Ok(Prepared {
+        bdf,
+        outcome,
+        paths: binder.paths().clone(),
+    })
+}
+
+impl Prepared {
+    /// The device.
+    pub fn bdf(&self) -> Bdf {
+        self.bdf
+    }
+
+    /// What binding did (per device of the group: driver before and after).
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// Attaches the device to `vm` through the VFIO path `choice` picks.
+    pub fn attach(
+        self,
+        vm: &Arc<AttachVm>,
+        choice: BackendChoice,
+        opts: &AttachOptions,
+    ) -> Result<Attached, Box<Refused<Prepared>>> {
+        match AttachedDevice::attach_vfio(vm, &self.paths, self.bdf, choice, opts) {
+            Ok(device) => Ok(Attached {
+                prepared: self,
+                device,
+            }),
+            Err(e) => Err(Box::new(Refused {
+                error: e.into(),
+                state: self,
+            })),
+        }
+    }
+
+    /// Gives the group back to the drivers it had before [`prepare`].
+    pub fn release<K: Kernel>(
+        self,
+        binder: &mut Binder<K>,
+    ) -> Result<Released, Box<Refused<Prepared>>> {
+        match binder.release(self.bdf) {
+            Ok(outcome) => Ok(Released {
+                bdf: self.bdf,
+                outcome,
+            }),
+            Err(e) => Err(Box::new(Refused {
+                error: e.into(),
+                state: self,
+            })),
+        }
+    }
+}
+
+impl Attached {
+    /// The attached device (read access for the VMM's exit handlers).
+    pub fn device(&self) -> &AttachedDevice {
+        &self.device
+    }
+
+    /// The attached device (config and MMIO writes).
+    pub fn device_mut(&mut self) -> &mut AttachedDevice {
+        &mut self.device
+    }
+
+    /// Takes the device out of the VM (see [`AttachedDevice::detach`] for the order). The
+    /// device stays on vfio-pci, ready to be attached again or released.
+    pub fn detach(self) -> (Prepared, DetachReport) {
+        let report = self.device.detach();
+        (self.prepared, report)
+    }
+}
+
+impl Released {
+    /// The device.
+    pub fn bdf(&self) -> Bdf {
+        self.bdf
+    }
+
+    /// What releasing did.
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// Runs the GPU health check on the device, now that its own driver has it again
+    /// (`vm_cuda::Error::NoDevice`-style errors when CUDA does not see it).
+    pub fn health_check(
+        &self,
+        opts: &vm_cuda::health::HealthOptions,
+    ) -> Result<vm_cuda::health::HealthReport, Error> {
+        let ordinal = cuda_ordinal(self.bdf)?;
+        Ok(vm_cuda::health::run(ordinal, opts)?)
+    }
+}
+
+/// The CUDA ordinal of the GPU at `bdf` (matched by PCI domain, bus and device).
+fn cuda_ordinal(bdf: Bdf) -> Result<u32, Error> {
+    for d in vm_cuda::Device::all()? {
+        let info = d.info()?;
+        if Bdf::new(info.pci.domain, info.pci.bus, info.pci.device, 0) == Some(bdf) {
+            return Ok(info.ordinal);
+        }
+    }
+    Err(Error::NotFound(format!(
+        "{bdf}: the CUDA driver does not see this device (is it on the NVIDIA driver?)"
+    )))
+}
