@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod all_gpus;
 pub mod args;
 pub mod context;
 pub mod device;
@@ -33,7 +34,9 @@ pub mod health;
 pub mod launch;
 pub mod memory;
 pub mod module;
+pub mod peer;
 pub mod ptx;
+pub mod sharing;
 pub mod stream;
 mod sys;
 
@@ -44,6 +47,7 @@ pub use error::{DriverCode, Error, Result};
 pub use launch::{Dim3, LaunchConfig};
 pub use memory::{DeviceBuffer, PinnedBuffer};
 pub use module::{FunctionAttributes, JitOptions, Kernel, Module};
+pub use peer::{topology, LinkKind, PeerLink};
 pub use ptx::{KernelSignature, Param, ParamType};
 pub use stream::{Event, EventOptions, Stream, StreamOptions};
 
