@@ -266,5 +266,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ms",
     );
     report("ptx_load", median(t), "ms");
+    drop((a, b, h));
+    peer_copies()
+}
+
+/// Peer copies of 1 GiB between every ordered pair with peer access, as driver_bench.c.
+fn peer_copies() -> Result<(), Box<dyn std::error::Error>> {
+    let devices = Device::all()?;
+    for s in &devices {
+        for d in &devices {
+            if s == d {
+                continue;
+            }
+            let (si, di) = (s.ordinal(), d.ordinal());
+            if !d.can_access_peer(s)? {
+                println!("peer {si} -> {di}: no peer access, skipped");
+                continue;
+            }
+            let sctx = Context::new(*s)?;
+            let dctx = Context::new(*d)?;
+            sctx.enable_peer_access(&dctx)?;
+            dctx.enable_peer_access(&sctx)?;
+            let mut src = DeviceBuffer::<u8>::alloc(&sctx, GIB)?;
+            src.memset_u32(0x1122_3344)?;
+            let mut dst = DeviceBuffer::<u8>::alloc(&dctx, GIB)?;
+            let stream = Stream::new(&dctx, StreamOptions::default())?;
+            dst.copy_from_peer(&src)?;
+            let mut t = Vec::new();
+            for _ in 0..REPS {
+                let t0 = Instant::now();
+                dst.copy_from_peer(&src)?;
+                t.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            report(&format!("peer_sync_{si}to{di}_1g"), median(t), "ms");
+            let mut t = Vec::new();
+            for _ in 0..REPS {
+                let t0 = Instant::now();
+                for _ in 0..8 {
+                    dst.copy_from_peer_async(&src, &stream)?;
+                }
+                stream.synchronize()?;
+                t.push(t0.elapsed().as_secs_f64() / 8.0 * 1e3);
+            }
+            report(&format!("peer_async_{si}to{di}_1g"), median(t), "ms");
+        }
+    }
     Ok(())
 }
