@@ -79,3 +79,36 @@ fn binary_does_not_link_libcuda() {
     let libs = text(&out.stdout);
     assert!(!libs.contains("libcuda"), "vm-accel links libcuda:\n{libs}");
 }
+
+#[test]
+fn list_and_show_topology_without_the_driver_say_why() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sysfs/h200x2-host");
+    let root = root.to_str().unwrap();
+    let out = vm_accel(
+        &["--sysfs-root", root, "list", "--json", "--topology"],
+        &[NO_DRIVER],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let err = v["gpu_topology"]["error"].as_str().expect("error");
+    if cfg!(feature = "cuda") {
+        assert!(err.starts_with("NVIDIA driver not found"), "{err}");
+    } else {
+        assert!(err.contains("`cuda` feature"), "{err}");
+    }
+    // Without --topology the document is unchanged (no field, no driver start).
+    let out = vm_accel(&["--sysfs-root", root, "list", "--json"], &[NO_DRIVER]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(v.get("gpu_topology").is_none());
+    let bdf = v["devices"][0]["bdf"].as_str().unwrap().to_string();
+    let out = vm_accel(
+        &["--sysfs-root", root, "show", &bdf, "--topology"],
+        &[NO_DRIVER],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("GPU topology: unavailable: "),
+        "{}",
+        text(&out.stdout)
+    );
+}

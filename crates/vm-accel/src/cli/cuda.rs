@@ -72,7 +72,7 @@ struct InfoOutput {
 /// Peer attributes of every ordered pair of GPUs, joined with each GPU's NUMA node and PCI
 /// path from sysfs.
 #[derive(Debug, serde::Serialize)]
-struct Topology {
+pub struct Topology {
     gpus: Vec<GpuPlace>,
     links: Vec<PeerLink>,
 }
@@ -122,6 +122,12 @@ fn gather(g: &Global) -> vm_cuda::Result<(String, Vec<DeviceInfo>, Topology)> {
     Ok((format!("{major}.{minor}"), devices, topology))
 }
 
+/// The GPU topology for `list --topology` / `show --topology`: which GPUs reach which, or
+/// why the driver could not say (no driver, GPUs on vfio-pci, no `cuda` feature).
+pub fn gpu_topology(g: &Global) -> Result<Topology, String> {
+    gather(g).map(|(_, _, t)| t).map_err(|e| e.to_string())
+}
+
 /// Where a GPU sits, from sysfs (best effort: a GPU the sysfs root does not show has no
 /// NUMA node and no path).
 fn place(g: &Global, d: &DeviceInfo) -> GpuPlace {
@@ -140,13 +146,23 @@ fn place(g: &Global, d: &DeviceInfo) -> GpuPlace {
     }
 }
 
-/// One line per ordered pair: `0 -> 1  nvlink (native atomics, rank 0)`.
-fn print_topology(t: &Topology) {
+/// One line per ordered pair: `0 -> 1  NVLink (...), performance rank 0`.
+pub fn print_topology(t: &Topology) {
     if t.links.is_empty() {
         println!("peers: none ({} GPU)", t.gpus.len());
         return;
     }
     println!("peers:");
+    for p in &t.gpus {
+        println!(
+            "  GPU {} = {} (NUMA node {})",
+            p.ordinal,
+            p.pci_bdf,
+            p.numa_node
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
     for l in &t.links {
         let how = match l.link {
             vm_cuda::LinkKind::Nvlink => "NVLink (peer access, native atomics)",
