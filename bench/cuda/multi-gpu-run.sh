@@ -6,7 +6,8 @@
 # Steps: GPUs and links as nvidia-smi sees them; the hw-test cuda suite; `cuda info`;
 # the binary without a driver; single-GPU check vs `check --all` (alternating, 3 each);
 # two concurrent checks of one GPU; --no-wait against a running check; a check while
-# another process hammers the GPU; the C-vs-Rust benchmarks incl. peer copies.
+# another process hammers the GPU; the C-vs-Rust benchmarks incl. peer copies. JSON
+# documents and benchmark files end up in OUT/results.tgz.
 set -u
 G=$(cd "$1" && pwd)
 OUT=$2
@@ -26,9 +27,10 @@ step "no driver: the cuda build starts, cuda info exits 2"
 ldd "$V" | grep -i cuda || echo "ldd: no libcuda in $V"
 VM_CUDA_LIBRARY=/nonexistent/libcuda.so.1 "$V" cuda info; echo "exit $?"
 
-step "cuda info"
+step "cuda info (first without LD_LIBRARY_PATH: the loader's own search path)"
+env -u LD_LIBRARY_PATH "$V" cuda info > "$RUN/info-noldpath.txt"; echo "exit $?"; head -2 "$RUN/info-noldpath.txt"
 "$V" cuda info; echo "exit $?"
-"$V" cuda info --json > "$OUT/info.json"; echo "exit $?"
+"$V" cuda info --json > "$RUN/info.json"; echo "exit $?"
 "$V" list --accelerators --topology; echo "exit $?"
 "$V" show "$(nvidia-smi --query-gpu=pci.bus_id --format=csv,noheader -i 0 | tr 'A-F' 'a-f' | sed 's/^0000\(....\)/\1/')" --topology | tail -8
 
@@ -37,9 +39,9 @@ timeout 240 "$G/bundle/run.sh" --suite cuda --require gpu; echo "exit $?"
 
 step "single-GPU check vs check --all (alternating)"
 for i in 1 2 3; do
-  t0=$(now); "$V" cuda check --device 0 --run-dir "$RUN" --json > "$OUT/check0.$i.json"; rc=$?; t1=$(now)
-  "$V" cuda check --all --run-dir "$RUN" --json > "$OUT/checkall.$i.json"; rc2=$?; t2=$(now)
-  python3 - "$OUT/check0.$i.json" "$OUT/checkall.$i.json" "$t0" "$t1" "$t2" "$rc" "$rc2" <<'PY'
+  t0=$(now); "$V" cuda check --device 0 --run-dir "$RUN" --json > "$RUN/check0.$i.json"; rc=$?; t1=$(now)
+  "$V" cuda check --all --run-dir "$RUN" --json > "$RUN/checkall.$i.json"; rc2=$?; t2=$(now)
+  python3 - "$RUN/check0.$i.json" "$RUN/checkall.$i.json" "$t0" "$t1" "$t2" "$rc" "$rc2" <<'PY'
 import json, sys
 one, allr = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 t0, t1, t2 = map(float, sys.argv[3:6])
@@ -63,8 +65,10 @@ wait $p1; echo "first exit $?"; wait $p2; echo "second exit $?"
 cat "$RUN/c1.txt" "$RUN/c2.txt"
 
 step "--no-wait while another check runs: busy, exit 3"
+rm -f "$RUN"/gpu-*.lock
 "$V" cuda check --device 0 --run-dir "$RUN" > "$RUN/c3.txt" 2>&1 & p3=$!
-sleep 0.3
+# Until the running check holds the lock (it writes its pid once it does).
+for _ in $(seq 100); do [ -s "$(ls "$RUN"/gpu-*.lock 2>/dev/null | head -1)" ] && break; sleep 0.1; done
 "$V" cuda check --device 0 --run-dir "$RUN" --no-wait --json; echo "exit $?"
 wait $p3; echo "running check exit $?"
 
@@ -85,9 +89,10 @@ x = torch.ones(1, device="cuda:1"); print("gpu1 user ready", flush=True); time.s
 sleep 8
 echo "fds of the GPU-1-only process ($other) on /dev/nvidia*:"; ls -l /proc/$other/fd 2>/dev/null | grep -o '/dev/nvidia[0-9a-z-]*' | sort | uniq -c
 "$V" cuda check --device 0 --run-dir "$RUN"; echo "exit $?"
-"$V" cuda check --device 0 --run-dir "$RUN" --json > "$OUT/check-shared.json"; echo "exit $?"
+"$V" cuda check --device 0 --run-dir "$RUN" --json > "$RUN/check-shared.json"; echo "exit $?"
 kill $hog $other 2>/dev/null; wait $hog $other 2>/dev/null
 
 step "benchmarks: C driver API vs vm-cuda (3 rounds, alternating)"
 timeout 300 sh "$here/run.sh" "$G/cuda_bench" 3 "$RUN/bench"; echo "exit $?"
+tar czf "$OUT/results.tgz" -C "$RUN" .
 step "done"

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use vm_cuda::all_gpus;
 use vm_cuda::health::{self, Exclusive, HealthOptions, Verdict};
@@ -26,8 +25,10 @@ fn two_gpus(test: &str) -> Option<(Context, Context)> {
     ))
 }
 
-fn run_dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vm-cuda-{test}-{}", std::process::id()));
+/// One lock directory for every test of this binary: the tests run in parallel threads,
+/// and checks that measure bandwidth must queue on the GPU locks like separate processes.
+fn run_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vm-cuda-gpu-peer-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("run dir");
     d
 }
@@ -159,7 +160,7 @@ fn concurrent_checks_of_one_gpu_queue_and_both_pass() {
         return;
     };
     let ex = Exclusive {
-        run_dir: run_dir("concurrent"),
+        run_dir: run_dir(),
         proc_root: "/proc".into(),
         wait: Wait::Yes,
     };
@@ -180,9 +181,9 @@ fn no_wait_on_a_locked_gpu_is_busy_not_failed() {
     let Some(ctx) = common::gpu("no_wait_on_a_locked_gpu_is_busy_not_failed") else {
         return;
     };
-    let dir = run_dir("nowait");
+    let dir = run_dir();
     let bdf = ctx.device().pci_location().unwrap().to_string();
-    let held = GpuLock::acquire(&dir, &bdf, Wait::No).expect("lock");
+    let held = GpuLock::acquire(&dir, &bdf, Wait::Yes).expect("lock");
     let ex = Exclusive {
         run_dir: dir.clone(),
         proc_root: "/proc".into(),
@@ -197,7 +198,11 @@ fn no_wait_on_a_locked_gpu_is_busy_not_failed() {
         "{r:?}"
     );
     drop(held);
-    std::thread::sleep(Duration::from_millis(10));
+    // Other tests of this binary may take the lock now: queue behind them.
+    let ex = Exclusive {
+        wait: Wait::Yes,
+        ..ex
+    };
     let r = health::run_exclusive(common::ordinal(), &small(), &ex).expect("report");
     assert_eq!(r.verdict, Verdict::Healthy, "{r:#?}");
 }
@@ -208,7 +213,7 @@ fn check_all_covers_every_gpu_and_every_peer_pair() {
         return;
     };
     let ex = Exclusive {
-        run_dir: run_dir("all"),
+        run_dir: run_dir(),
         proc_root: "/proc".into(),
         wait: Wait::Yes,
     };
