@@ -38,7 +38,7 @@ step "hw-test cuda suite (bundle)"
 timeout 240 "$G/bundle/run.sh" --suite cuda --require gpu; echo "exit $?"
 
 step "single-GPU check vs check --all (alternating)"
-for i in 1 2 3; do
+for i in 1 2 3 4 5; do
   t0=$(now); "$V" cuda check --device 0 --run-dir "$RUN" --json > "$RUN/check0.$i.json"; rc=$?; t1=$(now)
   "$V" cuda check --all --run-dir "$RUN" --json > "$RUN/checkall.$i.json"; rc2=$?; t2=$(now)
   python3 - "$RUN/check0.$i.json" "$RUN/checkall.$i.json" "$t0" "$t1" "$t2" "$rc" "$rc2" <<'PY'
@@ -57,6 +57,7 @@ print("  peers skipped:", allr["peers"]["skipped"])
 PY
 done
 "$V" cuda check --all --run-dir "$RUN"; echo "exit $?"
+t0=$(now); "$V" cuda check --device 1 --run-dir "$RUN" | tail -1; t1=$(now); python3 -c "print(f\"device 1 alone: wall {$t1 - $t0:.3f} s\")"
 
 step "two concurrent checks of GPU 0 (they queue; both must pass)"
 "$V" cuda check --device 0 --run-dir "$RUN" > "$RUN/c1.txt" 2>&1 & p1=$!
@@ -92,7 +93,8 @@ echo "fds of the GPU-1-only process ($other) on /dev/nvidia*:"; ls -l /proc/$oth
 "$V" cuda check --device 0 --run-dir "$RUN" --json > "$RUN/check-shared.json"; echo "exit $?"
 kill $hog $other 2>/dev/null; wait $hog $other 2>/dev/null
 
-step "benchmarks: C driver API vs vm-cuda (3 rounds, alternating)"
-timeout 300 sh "$here/run.sh" "$G/cuda_bench" 3 "$RUN/bench"; echo "exit $?"
+step "benchmarks: C driver API vs vm-cuda (${BENCH_ROUNDS:-3} rounds, alternating)"
+timeout 360 sh "$here/run.sh" "$G/cuda_bench" "${BENCH_ROUNDS:-3}" "$RUN/bench"; echo "exit $?"
+grep -h "ctx_start" "$RUN"/bench/rust.*.txt
 tar czf "$OUT/results.tgz" -C "$RUN" .
 step "done"

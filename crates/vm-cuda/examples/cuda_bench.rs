@@ -63,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    context_starts()?;
     let ctx = Context::for_ordinal(ordinal)?;
     println!("device {ordinal}: {}", ctx.device().name()?);
     let module = Module::from_ptx(&ctx, PTX, &JitOptions::default())?;
@@ -268,6 +269,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     report("ptx_load", median(t), "ms");
     drop((a, b, h));
     peer_copies()
+}
+
+/// What `check --all` pays before its checks: starting the primary context of one device,
+/// then of every device at once from one thread each (as `check --all` does). No C
+/// counterpart: this explains the parallel check's time, it is not a vm-cuda overhead.
+fn context_starts() -> Result<(), Box<dyn std::error::Error>> {
+    let devices = Device::all()?;
+    let t0 = Instant::now();
+    drop(Context::new(devices[0])?);
+    report("ctx_start_one", t0.elapsed().as_secs_f64() * 1e3, "ms");
+    let t0 = Instant::now();
+    let started: Vec<vm_cuda::Result<Context>> = std::thread::scope(|s| {
+        let hs: Vec<_> = devices
+            .iter()
+            .map(|d| s.spawn(move || Context::new(*d)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("context thread"))
+            .collect()
+    });
+    report(
+        &format!("ctx_start_all_{}_parallel", devices.len()),
+        t0.elapsed().as_secs_f64() * 1e3,
+        "ms",
+    );
+    for c in started {
+        drop(c?);
+    }
+    Ok(())
 }
 
 /// Peer copies of 1 GiB between every ordered pair with peer access, as driver_bench.c.

@@ -139,7 +139,8 @@ pub struct HealthReport {
     pub other_users: Vec<GpuUser>,
     /// Why the verdict is `busy`, when it is.
     pub busy: Option<String>,
-    /// Wall time of the whole check.
+    /// Wall time of the check, from the device lookup on (driver initialisation excluded,
+    /// as in `check --all`'s `devices_elapsed_ms`).
     pub elapsed_ms: f64,
 }
 
@@ -166,8 +167,9 @@ impl Default for Exclusive {
 /// `busy` and no checks, not an error.
 pub fn run_exclusive(ordinal: u32, opts: &HealthOptions, ex: &Exclusive) -> Result<HealthReport> {
     validate(opts)?;
-    let t = Instant::now();
     let device = Device::get(ordinal)?;
+    // From here on: what `check --all` times per device (the driver is up by then).
+    let t = Instant::now();
     let info = device.info()?;
     let driver = driver_version()?;
     let lock = match GpuLock::acquire(&ex.run_dir, &info.pci_bdf, ex.wait) {
@@ -261,8 +263,8 @@ impl Kernels {
 /// `unhealthy` ([`run_exclusive`] is what the CLI runs).
 pub fn run(ordinal: u32, opts: &HealthOptions) -> Result<HealthReport> {
     validate(opts)?;
-    let t = Instant::now();
     let device = Device::get(ordinal)?;
+    let t = Instant::now();
     let info = device.info()?;
     let driver = driver_version()?;
     run_on(device, info, driver, opts, t)

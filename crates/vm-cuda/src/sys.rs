@@ -129,8 +129,19 @@ macro_rules! driver_api {
                 Ok(Api { _lib: lib, $( $name, )* })
             }
 
-            #[inline]
+            /// The table: after the first call one atomic load and a branch (every launch
+            /// goes through here twice, so the loading stays out of line).
+            #[inline(always)]
             pub(super) fn api() -> Option<&'static Api> {
+                match API.get() {
+                    Some(r) => r.as_ref().ok(),
+                    None => first_use(),
+                }
+            }
+
+            #[cold]
+            #[inline(never)]
+            fn first_use() -> Option<&'static Api> {
                 API.get_or_init(load).as_ref().ok()
             }
 
