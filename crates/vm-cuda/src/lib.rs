@@ -1,12 +1,15 @@
 //! CUDA compute for GPU health checks and VMM helpers: devices, primary contexts, PTX
-//! modules with checked kernel launches, streams, events, device and pinned memory.
+//! modules with checked kernel launches, streams, events, device and pinned memory, peer
+//! access and copies between GPUs, and the health checks (one GPU or all, busy vs
+//! unhealthy).
 //!
-//! Built on cust's raw driver bindings (`cust::sys`) behind the `cuda` feature. Without
-//! the feature every type and function still exists and each operation returns
-//! [`Error::Unsupported`]; with it but without a GPU (the stub libcuda of
-//! `cargo xtask cuda-stub`, or no device) operations return [`Error::Driver`] with
-//! `CUDA_ERROR_STUB_LIBRARY` / `CUDA_ERROR_NO_DEVICE`: [`Error::means_no_gpu`] tells those
-//! apart from a GPU that failed.
+//! Behind the `cuda` feature the driver API is loaded from `libcuda.so.1` at run time
+//! (handle types from cust's raw bindings, `cust::sys`): without the driver operations
+//! return [`Error::DriverNotFound`]; without the feature every type and function still
+//! exists and each operation returns [`Error::Unsupported`]; with the stub libcuda of
+//! `cargo xtask cuda-stub` or no device, [`Error::Driver`] with
+//! `CUDA_ERROR_STUB_LIBRARY` / `CUDA_ERROR_NO_DEVICE`. [`Error::means_no_gpu`] tells all of
+//! those apart from a GPU that failed.
 //!
 //! ```no_run
 //! use vm_cuda::*;

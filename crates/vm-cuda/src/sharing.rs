@@ -132,15 +132,24 @@ impl GpuLock {
                 source,
             }
         };
-        std::fs::create_dir_all(run_dir).map_err(io("creating the run directory", run_dir))?;
+        std::fs::create_dir_all(run_dir).map_err(io(
+            "creating the run directory (another --run-dir?)",
+            run_dir,
+        ))?;
         let path = Self::path(run_dir, bdf);
-        let mut file = File::options()
+        let file = File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .map_err(io("opening the GPU lock", &path))?;
+            .open(&path);
+        // A lock file another user (root) created: flock works on a read-only descriptor
+        // too; only the holder's pid cannot be written then.
+        let mut file = match file {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(&path),
+            other => other,
+        }
+        .map_err(io("opening the GPU lock (another --run-dir?)", &path))?;
         let op = match wait {
             Wait::Yes => libc::LOCK_EX,
             Wait::No => libc::LOCK_EX | libc::LOCK_NB,
