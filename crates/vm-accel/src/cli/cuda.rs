@@ -375,3 +375,59 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
     );
     Ok(exit_code(report.verdict))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu_at(bdf: &str) -> DeviceInfo {
+        DeviceInfo {
+            ordinal: 0,
+            name: "NVIDIA H200".into(),
+            uuid: None,
+            pci: vm_cuda::PciLocation {
+                domain: 0,
+                bus: 1,
+                device: 0,
+            },
+            pci_bdf: bdf.into(),
+            total_memory_bytes: 0,
+            compute_capability: (9, 0),
+            sm_count: 132,
+            clock_khz: 0,
+            memory_clock_khz: 0,
+            memory_bus_width_bits: 0,
+            peak_memory_bandwidth_bytes_per_s: None,
+            l2_cache_bytes: 0,
+            async_engine_count: 0,
+            ecc_enabled: true,
+            limits: vm_cuda::Limits {
+                max_threads_per_block: 1024,
+                max_block_dim: [1024, 1024, 64],
+                max_grid_dim: [1, 1, 1],
+                max_shared_per_block: 0,
+                max_shared_per_block_optin: 0,
+                warp_size: 32,
+            },
+        }
+    }
+
+    /// The driver's view of a GPU joined with sysfs: NUMA node and the bridges above it.
+    #[test]
+    fn gpu_place_joins_sysfs_numa_node_and_pci_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        vm_pci::fixture::iommu_host(dir.path()).expect("fixture");
+        let g = Global {
+            sysfs_root: dir.path().to_path_buf(),
+            json: false,
+        };
+        let p = place(&g, &gpu_at("0000:01:00.0"));
+        assert_eq!(p.numa_node, Some(0));
+        assert_eq!(p.pci_path, vec!["0000:00:01.0".to_string()]);
+        // A GPU sysfs does not show (another root, a malformed address): nothing invented.
+        for bdf in ["0000:42:00.0", "not-a-bdf"] {
+            let p = place(&g, &gpu_at(bdf));
+            assert_eq!((p.numa_node, p.pci_path.len()), (None, 0), "{bdf}");
+        }
+    }
+}
