@@ -19,6 +19,7 @@ GOALS = {  # metric: (goal text, predicate on the time ratio Rust/C)
     "d2h_pinned_1g": ("-", None),
     "ptx_load": ("<= 1.05", lambda r: r <= 1.05),
 }
+PEER_GOAL = ("bandwidth >= 0.99 (time <= 1.0101)", lambda r: r <= 1 / 0.99)
 
 vals = defaultdict(list)           # (side, metric) -> [values]
 per_round = defaultdict(dict)      # (side, metric) -> {round: value}
@@ -37,6 +38,11 @@ for path in sys.argv[1:]:
             per_round[(side, metric)][rnd] = float(value)
             units[metric] = unit
 
+# Peer copies: one metric per ordered pair the C side measured (none on one GPU).
+for side, metric in sorted(vals):
+    if side == "c" and metric.startswith("peer_"):
+        GOALS[metric] = PEER_GOAL
+
 missing = False
 print(f"device: {device}")
 print("| metric | C (median) | Rust (median) | Rust/C (medians) | Rust/C paired: median [min, max] | GB/s C / Rust | goal | met |")
@@ -54,7 +60,7 @@ for metric, (goal, ok) in GOALS.items():
     paired = [pr[k] / pc[k] for k in sorted(pc) if k in pr]
     pmed = statistics.median(paired)
     gbs = ""
-    if metric.endswith("_1g"):
+    if metric.endswith("_1g"):  # GB/s of the 1 GiB copies
         gbs = f"{2**30 / (mc / 1e3) / 1e9:.0f} / {2**30 / (mr / 1e3) / 1e9:.0f}"
     met = "" if ok is None else ("yes" if ok(pmed) else "NO")
     print(f"| {metric} | {mc:.4f} {unit} | {mr:.4f} {unit} | {ratio:.3f} | {pmed:.3f} [{min(paired):.3f}, {max(paired):.3f}] | {gbs} | {goal} | {met} |")

@@ -201,6 +201,65 @@ int main(int argc, char** argv) {
     }
     report("ptx_load", median(t, 31), "ms");
 
+    /* Peer copies 1 GiB between every ordered pair of devices with peer access (enabled
+     * both ways), on the destination's context: cuMemcpyPeer then a wait (it can return
+     * early, like cuMemcpyDtoD), and 8 back-to-back cuMemcpyPeerAsync then one wait. */
+    int ndev = 0;
+    CK(cuDeviceGetCount(&ndev));
+    for (int s = 0; s < ndev; s++) {
+        for (int d = 0; d < ndev; d++) {
+            if (s == d) continue;
+            CUdevice sdev, ddev;
+            CK(cuDeviceGet(&sdev, s));
+            CK(cuDeviceGet(&ddev, d));
+            int can = 0;
+            CK(cuDeviceCanAccessPeer(&can, ddev, sdev));
+            if (!can) { printf("peer %d -> %d: no peer access, skipped\n", s, d); continue; }
+            CUcontext sctx, dctx;
+            CK(cuDevicePrimaryCtxRetain(&sctx, sdev));
+            CK(cuDevicePrimaryCtxRetain(&dctx, ddev));
+            CUdeviceptr p_src, p_dst;
+            CK(cuCtxSetCurrent(sctx));
+            CUresult e = cuCtxEnablePeerAccess(dctx, 0);
+            if (e != CUDA_SUCCESS && e != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED) CK(e);
+            CK(cuMemAlloc(&p_src, GIB));
+            CK(cuMemsetD32(p_src, 0x11223344u, GIB / 4));
+            CK(cuCtxSynchronize());
+            CK(cuCtxSetCurrent(dctx));
+            e = cuCtxEnablePeerAccess(sctx, 0);
+            if (e != CUDA_SUCCESS && e != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED) CK(e);
+            CK(cuMemAlloc(&p_dst, GIB));
+            CUstream ps;
+            CK(cuStreamCreate(&ps, CU_STREAM_NON_BLOCKING));
+            CK(cuMemcpyPeer(p_dst, dctx, p_src, sctx, GIB));
+            CK(cuStreamSynchronize(0));
+            char name[64];
+            for (int r = 0; r < REPS; r++) {
+                double t0 = now_s();
+                CK(cuMemcpyPeer(p_dst, dctx, p_src, sctx, GIB));
+                CK(cuStreamSynchronize(0));
+                t[r] = (now_s() - t0) * 1e3;
+            }
+            snprintf(name, sizeof name, "peer_sync_%dto%d_1g", s, d);
+            report(name, median(t, REPS), "ms");
+            for (int r = 0; r < REPS; r++) {
+                double t0 = now_s();
+                for (int i = 0; i < 8; i++) CK(cuMemcpyPeerAsync(p_dst, dctx, p_src, sctx, GIB, ps));
+                CK(cuStreamSynchronize(ps));
+                t[r] = (now_s() - t0) / 8 * 1e3;
+            }
+            snprintf(name, sizeof name, "peer_async_%dto%d_1g", s, d);
+            report(name, median(t, REPS), "ms");
+            CK(cuStreamDestroy(ps));
+            CK(cuMemFree(p_dst));
+            CK(cuCtxSetCurrent(sctx));
+            CK(cuMemFree(p_src));
+            CK(cuDevicePrimaryCtxRelease(sdev));
+            CK(cuDevicePrimaryCtxRelease(ddev));
+        }
+    }
+    CK(cuCtxSetCurrent(ctx));
+
     CK(cuMemFreeHost(h));
     CK(cuMemFree(d_a));
     CK(cuMemFree(d_b));

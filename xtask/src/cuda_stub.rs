@@ -9,12 +9,11 @@
 //! library unchanged on a GPU host.
 //!
 //! The stub goes to `<cargo target dir>/cuda-stub/lib64/`. Building needs
-//! `CUDA_LIBRARY_PATH=<that dir>/..` (printed on stdout). *Running* a binary that calls
-//! CUDA needs a `libcuda.so.1` at load time: on a GPU host the real one (binaries built
-//! against the stub run there unchanged); on a host without a GPU, the stub, through
-//! `LD_LIBRARY_PATH=<cuda-stub>/lib64` (cargo only adds build-script search paths under
-//! `target/<profile>` to the test environment, and a stub there would shadow a real
-//! driver on GPU hosts, so that is left to the caller, e.g. CI).
+//! `CUDA_LIBRARY_PATH=<that dir>/..` (printed on stdout). Nothing links it in the end:
+//! vm-cuda loads `libcuda.so.1` when a CUDA operation first needs it, so binaries start
+//! without any libcuda. Pointing `LD_LIBRARY_PATH=<cuda-stub>/lib64` at it on a host without
+//! a GPU makes that load find the stub (every call answers CUDA_ERROR_STUB_LIBRARY), which
+//! CI uses to test that path; never on a GPU host, where it would shadow the real driver.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -82,9 +81,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         symbols.len(),
         lib.display()
     );
-    eprintln!("# Build the `cuda` feature with the line below; on hosts without a GPU, run its");
+    eprintln!("# Build the `cuda` feature with the line below (the binaries load libcuda.so.1");
     eprintln!(
-        "# binaries with LD_LIBRARY_PATH={} (never on a GPU host).",
+        "# at run time; LD_LIBRARY_PATH={} makes them find this stub: never on a GPU host).",
         lib64.display()
     );
     println!("CUDA_LIBRARY_PATH={}", out.display());

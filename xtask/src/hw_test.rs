@@ -148,11 +148,11 @@ const SUITES: &[Suite] = &[
     },
     Suite {
         name: "cuda",
-        about: "vm-cuda on a real GPU: PTX load, checked launches, copies, health check",
+        about: "vm-cuda on real GPUs: PTX load, checked launches, copies, peer copies, health checks",
         needs: &[Cap::Gpu],
         runner: Runner::CargoTest {
             package: "vm-cuda",
-            tests: &["gpu_compute", "gpu_memory"],
+            tests: &["gpu_compute", "gpu_memory", "gpu_peer"],
             features: &["cuda"],
         },
         env: &[],

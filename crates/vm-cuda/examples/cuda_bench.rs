@@ -63,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    context_starts()?;
     let ctx = Context::for_ordinal(ordinal)?;
     println!("device {ordinal}: {}", ctx.device().name()?);
     let module = Module::from_ptx(&ctx, PTX, &JitOptions::default())?;
@@ -266,5 +267,79 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ms",
     );
     report("ptx_load", median(t), "ms");
+    drop((a, b, h));
+    peer_copies()
+}
+
+/// What `check --all` pays before its checks: starting the primary context of one device,
+/// then of every device at once from one thread each (as `check --all` does). No C
+/// counterpart: this explains the parallel check's time, it is not a vm-cuda overhead.
+fn context_starts() -> Result<(), Box<dyn std::error::Error>> {
+    let devices = Device::all()?;
+    let t0 = Instant::now();
+    drop(Context::new(devices[0])?);
+    report("ctx_start_one", t0.elapsed().as_secs_f64() * 1e3, "ms");
+    let t0 = Instant::now();
+    let started: Vec<vm_cuda::Result<Context>> = std::thread::scope(|s| {
+        let hs: Vec<_> = devices
+            .iter()
+            .map(|d| s.spawn(move || Context::new(*d)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("context thread"))
+            .collect()
+    });
+    report(
+        &format!("ctx_start_all_{}_parallel", devices.len()),
+        t0.elapsed().as_secs_f64() * 1e3,
+        "ms",
+    );
+    for c in started {
+        drop(c?);
+    }
+    Ok(())
+}
+
+/// Peer copies of 1 GiB between every ordered pair with peer access, as driver_bench.c.
+fn peer_copies() -> Result<(), Box<dyn std::error::Error>> {
+    let devices = Device::all()?;
+    for s in &devices {
+        for d in &devices {
+            if s == d {
+                continue;
+            }
+            let (si, di) = (s.ordinal(), d.ordinal());
+            if !d.can_access_peer(s)? {
+                println!("peer {si} -> {di}: no peer access, skipped");
+                continue;
+            }
+            let sctx = Context::new(*s)?;
+            let dctx = Context::new(*d)?;
+            sctx.enable_peer_access(&dctx)?;
+            dctx.enable_peer_access(&sctx)?;
+            let mut src = DeviceBuffer::<u8>::alloc(&sctx, GIB)?;
+            src.memset_u32(0x1122_3344)?;
+            let mut dst = DeviceBuffer::<u8>::alloc(&dctx, GIB)?;
+            let stream = Stream::new(&dctx, StreamOptions::default())?;
+            dst.copy_from_peer(&src)?;
+            let mut t = Vec::new();
+            for _ in 0..REPS {
+                let t0 = Instant::now();
+                dst.copy_from_peer(&src)?;
+                t.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            report(&format!("peer_sync_{si}to{di}_1g"), median(t), "ms");
+            let mut t = Vec::new();
+            for _ in 0..REPS {
+                let t0 = Instant::now();
+                for _ in 0..8 {
+                    dst.copy_from_peer_async(&src, &stream)?;
+                }
+                stream.synchronize()?;
+                t.push(t0.elapsed().as_secs_f64() / 8.0 * 1e3);
+            }
+            report(&format!("peer_async_{si}to{di}_1g"), median(t), "ms");
+        }
+    }
     Ok(())
 }

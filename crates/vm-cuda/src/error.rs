@@ -19,6 +19,8 @@ impl DriverCode {
     pub const NOT_FOUND: Self = Self(500);
     pub const NOT_READY: Self = Self(600);
     pub const LAUNCH_OUT_OF_RESOURCES: Self = Self(701);
+    pub const PEER_ACCESS_ALREADY_ENABLED: Self = Self(704);
+    pub const PEER_ACCESS_NOT_ENABLED: Self = Self(705);
 
     /// The `CUDA_ERROR_*` name from cuda.h, if this crate knows the code.
     pub fn name(self) -> Option<&'static str> {
@@ -158,6 +160,11 @@ pub enum Error {
     #[error("{operation}: CUDA support is not built in (enable vm-cuda's `cuda` feature)")]
     Unsupported { operation: &'static str },
 
+    /// The NVIDIA driver library could not be loaded (not installed, e.g. a passthrough
+    /// host whose GPUs sit on vfio-pci), or lacks an entry point vm-cuda needs.
+    #[error("NVIDIA driver not found ({library}): {reason}")]
+    DriverNotFound { library: String, reason: String },
+
     /// A driver call failed.
     #[error("{operation} failed: {code}")]
     Driver {
@@ -220,6 +227,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The GPU is in use by someone else: a health check holds its lock (and the caller
+    /// asked not to wait), or other processes share it.
+    #[error("GPU {bdf} is busy: {reason}")]
+    Busy { bdf: String, reason: String },
+
+    /// The per-GPU lock file could not be created or locked.
+    #[error("{operation} {path}: {source}")]
+    Lock {
+        operation: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+
     /// Reading a file (PTX) failed.
     #[error("reading {path}: {source}")]
     Io {
@@ -258,7 +278,7 @@ impl Error {
     /// tests skip on these and fail on everything else.
     pub fn means_no_gpu(&self) -> bool {
         match self {
-            Error::Unsupported { .. } => true,
+            Error::Unsupported { .. } | Error::DriverNotFound { .. } => true,
             Error::Driver { code, .. } => code.means_no_gpu(),
             _ => false,
         }

@@ -9,16 +9,24 @@
 //!    pattern and verified on the GPU, twice with complementary seeds (stuck bits, aliasing).
 //! 4. `d2d_copy`: a device-to-device copy is verified, and its bandwidth (bytes read plus
 //!    written per second) is compared with the theoretical peak.
+//!
+//! Verdicts ([`Verdict`]): a GPU that computes a wrong result is unhealthy, always. A GPU
+//! that is only slow, or out of memory, while other processes hold it open is *busy*: the
+//! result measured the sharing, not the GPU. [`run_exclusive`] takes the per-GPU lock of
+//! [`crate::sharing`] first, so two checks never measure each other.
 
 use std::time::Instant;
+
+use std::path::PathBuf;
 
 use crate::args::KernelArgs;
 use crate::context::Context;
 use crate::device::{driver_version, Device, DeviceInfo};
-use crate::error::{Error, Result};
+use crate::error::{DriverCode, Error, Result};
 use crate::launch::LaunchConfig;
 use crate::memory::DeviceBuffer;
 use crate::module::{JitOptions, Kernel, Module};
+use crate::sharing::{self, GpuLock, GpuUser, Wait};
 use crate::stream::{Event, EventOptions, Stream, StreamOptions};
 
 /// The health kernels (nvcc 13 PTX of kernels/health.cu).
@@ -58,6 +66,50 @@ pub struct CheckResult {
     pub passed: bool,
     pub detail: String,
     pub elapsed_ms: f64,
+    /// What kind of failure (`null` when passed).
+    pub failure: Option<Failure>,
+}
+
+/// Why a check failed: only `slow` and `out_of_memory` can be another process's doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// A wrong result or a driver error: the GPU is unhealthy whoever else uses it.
+    Wrong,
+    /// Correct but below the bandwidth bar.
+    Slow,
+    /// An allocation failed.
+    OutOfMemory,
+}
+
+/// The health check's conclusion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every check passed.
+    Healthy,
+    /// A check failed and nothing else explains it.
+    Unhealthy,
+    /// The GPU is in use by someone else: locked by another check, or a slow /
+    /// out-of-memory result while other processes held the GPU.
+    Busy,
+}
+
+impl Verdict {
+    /// The verdict of `checks` on a GPU that other processes did (`shared`) or did not use.
+    pub fn of(checks: &[CheckResult], shared: bool) -> Self {
+        if checks.iter().all(|c| c.passed) {
+            Self::Healthy
+        } else if shared
+            && checks
+                .iter()
+                .all(|c| c.passed || c.failure != Some(Failure::Wrong))
+        {
+            Self::Busy
+        } else {
+            Self::Unhealthy
+        }
+    }
 }
 
 /// Bandwidth figures of the `d2d_copy` check.
@@ -81,17 +133,101 @@ pub struct HealthReport {
     pub tested_memory_bytes: u64,
     pub bandwidth: Option<Bandwidth>,
     pub passed: bool,
+    /// `healthy`, `unhealthy` or `busy` (see [`Verdict`]).
+    pub verdict: Verdict,
+    /// Other processes that held the GPU's device node during the check.
+    pub other_users: Vec<GpuUser>,
+    /// Why the verdict is `busy`, when it is.
+    pub busy: Option<String>,
+    /// Wall time of the check, from the device lookup on (driver initialisation excluded,
+    /// as in `check --all`'s `devices_elapsed_ms`).
+    pub elapsed_ms: f64,
 }
 
-struct Kernels {
-    fill: Kernel,
-    check: Kernel,
-    vec_add: Kernel,
+/// Where the per-GPU locks live, where to look for other users, and whether to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusive {
+    pub run_dir: PathBuf,
+    pub proc_root: PathBuf,
+    pub wait: Wait,
 }
 
-/// Runs the health check on device `ordinal`. `Err` only when the device cannot be opened
-/// at all (no GPU, stub library); everything after that is a pass or fail in the report.
-pub fn run(ordinal: u32, opts: &HealthOptions) -> Result<HealthReport> {
+impl Default for Exclusive {
+    fn default() -> Self {
+        Self {
+            run_dir: PathBuf::from("/run/vm-accel"),
+            proc_root: PathBuf::from("/proc"),
+            wait: Wait::Yes,
+        }
+    }
+}
+
+/// [`run`] under the GPU's lock, with the other users of the GPU taken into account (see
+/// the module docs). A lock held elsewhere with [`Wait::No`] is a report with verdict
+/// `busy` and no checks, not an error.
+pub fn run_exclusive(ordinal: u32, opts: &HealthOptions, ex: &Exclusive) -> Result<HealthReport> {
+    validate(opts)?;
+    let device = Device::get(ordinal)?;
+    // From here on: what `check --all` times per device (the driver is up by then).
+    let t = Instant::now();
+    let info = device.info()?;
+    let driver = driver_version()?;
+    let lock = match GpuLock::acquire(&ex.run_dir, &info.pci_bdf, ex.wait) {
+        Ok(l) => l,
+        Err(Error::Busy { reason, .. }) => {
+            let users = sharing::other_users(&ex.proc_root, &info.pci_bdf, None);
+            return Ok(HealthReport {
+                device: info,
+                driver_version: driver,
+                checks: Vec::new(),
+                tested_memory_bytes: 0,
+                bandwidth: None,
+                passed: false,
+                verdict: Verdict::Busy,
+                other_users: users,
+                busy: Some(reason),
+                elapsed_ms: t.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let before = sharing::other_users(&ex.proc_root, &info.pci_bdf, Some(lock.lock_path()));
+    let mut report = run_on(device, info, driver, opts, t)?;
+    let mut users = before;
+    for u in sharing::other_users(
+        &ex.proc_root,
+        &report.device.pci_bdf,
+        Some(lock.lock_path()),
+    ) {
+        if !users.iter().any(|v| v.pid == u.pid) {
+            users.push(u);
+        }
+    }
+    drop(lock);
+    report.verdict = Verdict::of(&report.checks, !users.is_empty());
+    if report.verdict == Verdict::Busy {
+        report.busy = Some(format!(
+            "{} while {} held the GPU",
+            report
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+                + " failed",
+            users
+                .iter()
+                .map(|u| format!("pid {} ({})", u.pid, u.comm))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    report.other_users = users;
+    Ok(report)
+}
+
+fn validate(opts: &HealthOptions) -> Result<()> {
     if !(opts.memory_fraction > 0.0 && opts.memory_fraction <= 0.95) {
         return Err(Error::InvalidArgument {
             operation: "health check",
@@ -101,9 +237,46 @@ pub fn run(ordinal: u32, opts: &HealthOptions) -> Result<HealthReport> {
             ),
         });
     }
+    Ok(())
+}
+
+pub(crate) struct Kernels {
+    pub(crate) fill: Kernel,
+    pub(crate) check: Kernel,
+    vec_add: Kernel,
+}
+
+impl Kernels {
+    pub(crate) fn load(ctx: &Context) -> Result<Self> {
+        let m = Module::from_ptx(ctx, HEALTH_PTX, &JitOptions::default())?;
+        Ok(Self {
+            fill: m.kernel("fill_pattern")?,
+            check: m.kernel("check_pattern")?,
+            vec_add: m.kernel("vec_add")?,
+        })
+    }
+}
+
+/// Runs the health check on device `ordinal`. `Err` only when the device cannot be opened
+/// at all (no GPU, stub library); everything after that is a pass or fail in the report.
+/// No lock is taken and other users are not looked for: the verdict is `healthy` or
+/// `unhealthy` ([`run_exclusive`] is what the CLI runs).
+pub fn run(ordinal: u32, opts: &HealthOptions) -> Result<HealthReport> {
+    validate(opts)?;
     let device = Device::get(ordinal)?;
+    let t = Instant::now();
     let info = device.info()?;
     let driver = driver_version()?;
+    run_on(device, info, driver, opts, t)
+}
+
+fn run_on(
+    device: Device,
+    info: DeviceInfo,
+    driver: (u32, u32),
+    opts: &HealthOptions,
+    started: Instant,
+) -> Result<HealthReport> {
     let ctx = Context::new(device)?;
     let stream = Stream::new(&ctx, StreamOptions::default())?;
 
@@ -112,13 +285,7 @@ pub fn run(ordinal: u32, opts: &HealthOptions) -> Result<HealthReport> {
     let mut bandwidth = None;
 
     let t = Instant::now();
-    let kernels = Module::from_ptx(&ctx, HEALTH_PTX, &JitOptions::default()).and_then(|m| {
-        Ok(Kernels {
-            fill: m.kernel("fill_pattern")?,
-            check: m.kernel("check_pattern")?,
-            vec_add: m.kernel("vec_add")?,
-        })
-    });
+    let kernels = Kernels::load(&ctx);
     let loaded = match &kernels {
         Ok(_) => Ok("health kernels loaded".to_string()),
         Err(e) => Err(fail("ptx_load", e.to_string())),
@@ -154,7 +321,7 @@ pub fn run(ordinal: u32, opts: &HealthOptions) -> Result<HealthReport> {
             );
             match bw.fraction_of_peak {
                 Some(f) if f < opts.min_bandwidth_fraction => Err(Error::InvalidArgument {
-                    operation: "d2d bandwidth",
+                    operation: BANDWIDTH,
                     reason: format!(
                         "{detail}: below the required {:.0}%",
                         opts.min_bandwidth_fraction * 100.0
@@ -170,14 +337,18 @@ pub fn run(ordinal: u32, opts: &HealthOptions) -> Result<HealthReport> {
     Ok(HealthReport {
         device: info,
         driver_version: driver,
+        verdict: Verdict::of(&checks, false),
         checks,
         tested_memory_bytes: tested,
         bandwidth,
         passed,
+        other_users: Vec::new(),
+        busy: None,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
     })
 }
 
-fn outcome(name: &'static str, t: Instant, r: Result<String>) -> CheckResult {
+pub(crate) fn outcome(name: &'static str, t: Instant, r: Result<String>) -> CheckResult {
     let elapsed_ms = t.elapsed().as_secs_f64() * 1e3;
     match r {
         Ok(detail) => CheckResult {
@@ -185,15 +356,31 @@ fn outcome(name: &'static str, t: Instant, r: Result<String>) -> CheckResult {
             passed: true,
             detail,
             elapsed_ms,
+            failure: None,
         },
         Err(e) => CheckResult {
             name,
             passed: false,
+            failure: Some(failure_of(&e)),
             detail: e.to_string(),
             elapsed_ms,
         },
     }
 }
+
+fn failure_of(e: &Error) -> Failure {
+    match e {
+        Error::Driver { code, .. } if *code == DriverCode::OUT_OF_MEMORY => Failure::OutOfMemory,
+        Error::InvalidArgument {
+            operation: BANDWIDTH,
+            ..
+        } => Failure::Slow,
+        _ => Failure::Wrong,
+    }
+}
+
+/// The operation name of the "below the bandwidth bar" failure.
+const BANDWIDTH: &str = "d2d bandwidth";
 
 fn fail(operation: &'static str, reason: String) -> Error {
     Error::InvalidArgument { operation, reason }
@@ -230,7 +417,7 @@ fn vec_add(ctx: &Context, stream: &Stream, k: &Kernels, n: usize, grid: u32) -> 
 
 /// Fills and verifies `words` u32 of `buf` with `seed`; returns the mismatch count and the
 /// first bad index.
-fn pattern_pass(
+pub(crate) fn pattern_pass(
     stream: &Stream,
     k: &Kernels,
     buf: &DeviceBuffer<u32>,
@@ -357,4 +544,65 @@ fn d2d_copy(
         peak_gbs: peak.map(|p| p / 1e9),
         fraction_of_peak: peak.map(|p| 2.0 * copied / p),
     })
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+
+    fn check(name: &'static str, failure: Option<Failure>) -> CheckResult {
+        CheckResult {
+            name,
+            passed: failure.is_none(),
+            detail: String::new(),
+            elapsed_ms: 0.0,
+            failure,
+        }
+    }
+
+    #[test]
+    fn slow_or_out_of_memory_on_a_shared_gpu_is_busy_not_unhealthy() {
+        let slow = [
+            check("vec_add", None),
+            check("d2d_copy", Some(Failure::Slow)),
+        ];
+        assert_eq!(Verdict::of(&slow, true), Verdict::Busy);
+        assert_eq!(Verdict::of(&slow, false), Verdict::Unhealthy);
+        let oom = [check("memory_pattern", Some(Failure::OutOfMemory))];
+        assert_eq!(Verdict::of(&oom, true), Verdict::Busy);
+        assert_eq!(Verdict::of(&oom, false), Verdict::Unhealthy);
+    }
+
+    #[test]
+    fn a_wrong_result_is_unhealthy_whoever_shares_the_gpu() {
+        let wrong = [
+            check("memory_pattern", Some(Failure::Wrong)),
+            check("d2d_copy", Some(Failure::Slow)),
+        ];
+        assert_eq!(Verdict::of(&wrong, true), Verdict::Unhealthy);
+        assert_eq!(Verdict::of(&wrong, false), Verdict::Unhealthy);
+        let ok = [check("vec_add", None)];
+        assert_eq!(Verdict::of(&ok, true), Verdict::Healthy);
+        assert_eq!(Verdict::of(&ok, false), Verdict::Healthy);
+    }
+
+    #[test]
+    fn failures_are_classified_by_cause() {
+        let slow = Error::InvalidArgument {
+            operation: BANDWIDTH,
+            reason: "below".into(),
+        };
+        assert_eq!(failure_of(&slow), Failure::Slow);
+        let oom = Error::Driver {
+            operation: "cuMemAlloc",
+            code: DriverCode::OUT_OF_MEMORY,
+        };
+        assert_eq!(failure_of(&oom), Failure::OutOfMemory);
+        let wrong = fail("memory_pattern", "3 words differ".into());
+        assert_eq!(failure_of(&wrong), Failure::Wrong);
+        assert_eq!(
+            serde_json::to_value(Verdict::Busy).unwrap(),
+            serde_json::json!("busy")
+        );
+    }
 }

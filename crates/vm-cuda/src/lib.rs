@@ -1,12 +1,15 @@
 //! CUDA compute for GPU health checks and VMM helpers: devices, primary contexts, PTX
-//! modules with checked kernel launches, streams, events, device and pinned memory.
+//! modules with checked kernel launches, streams, events, device and pinned memory, peer
+//! access and copies between GPUs, and the health checks (one GPU or all, busy vs
+//! unhealthy).
 //!
-//! Built on cust's raw driver bindings (`cust::sys`) behind the `cuda` feature. Without
-//! the feature every type and function still exists and each operation returns
-//! [`Error::Unsupported`]; with it but without a GPU (the stub libcuda of
-//! `cargo xtask cuda-stub`, or no device) operations return [`Error::Driver`] with
-//! `CUDA_ERROR_STUB_LIBRARY` / `CUDA_ERROR_NO_DEVICE`: [`Error::means_no_gpu`] tells those
-//! apart from a GPU that failed.
+//! Behind the `cuda` feature the driver API is loaded from `libcuda.so.1` at run time
+//! (handle types from cust's raw bindings, `cust::sys`): without the driver operations
+//! return [`Error::DriverNotFound`]; without the feature every type and function still
+//! exists and each operation returns [`Error::Unsupported`]; with the stub libcuda of
+//! `cargo xtask cuda-stub` or no device, [`Error::Driver`] with
+//! `CUDA_ERROR_STUB_LIBRARY` / `CUDA_ERROR_NO_DEVICE`. [`Error::means_no_gpu`] tells all of
+//! those apart from a GPU that failed.
 //!
 //! ```no_run
 //! use vm_cuda::*;
@@ -25,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod all_gpus;
 pub mod args;
 pub mod context;
 pub mod device;
@@ -33,7 +37,9 @@ pub mod health;
 pub mod launch;
 pub mod memory;
 pub mod module;
+pub mod peer;
 pub mod ptx;
+pub mod sharing;
 pub mod stream;
 mod sys;
 
@@ -44,6 +50,7 @@ pub use error::{DriverCode, Error, Result};
 pub use launch::{Dim3, LaunchConfig};
 pub use memory::{DeviceBuffer, PinnedBuffer};
 pub use module::{FunctionAttributes, JitOptions, Kernel, Module};
+pub use peer::{topology, LinkKind, PeerLink};
 pub use ptx::{KernelSignature, Param, ParamType};
 pub use stream::{Event, EventOptions, Stream, StreamOptions};
 

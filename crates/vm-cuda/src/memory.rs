@@ -65,6 +65,9 @@ pub struct DeviceBuffer<T: Pod> {
     ctx: Context,
     ptr: sys::CUdeviceptr,
     len: usize,
+    /// Events after async peer copies that read this buffer from another device's stream:
+    /// freeing waits for them (cuMemFree waits only for this buffer's own device).
+    peer_reads: std::sync::Mutex<Vec<Event>>,
     _t: PhantomData<T>,
 }
 
@@ -83,6 +86,7 @@ impl<T: Pod> DeviceBuffer<T> {
             ctx: ctx.clone(),
             ptr,
             len,
+            peer_reads: std::sync::Mutex::new(Vec::new()),
             _t: PhantomData,
         })
     }
@@ -306,6 +310,102 @@ impl<T: Pod> DeviceBuffer<T> {
         .ok("cuMemcpyDtoDAsync")
     }
 
+    // ---- peer copies (between devices) ----------------------------------------------------
+
+    /// Whole buffer from a buffer on another device (or the same one), complete on return.
+    /// Works with or without peer access enabled; with it ([`Context::enable_peer_access`])
+    /// the copy goes directly over NVLink or PCIe instead of through host memory.
+    pub fn copy_from_peer(&mut self, src: &DeviceBuffer<T>) -> Result<()> {
+        same_size("cuMemcpyPeer", src.len, self.len)?;
+        self.copy_range_from_peer(0, src, 0, src.len)
+    }
+
+    /// `len` elements from `src[src_offset..]` (any device) to `self[dst_offset..]`,
+    /// complete on return.
+    pub fn copy_range_from_peer(
+        &mut self,
+        dst_offset: usize,
+        src: &DeviceBuffer<T>,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        check_range("cuMemcpyPeer (source)", src_offset, len, src.len)?;
+        check_range("cuMemcpyPeer (destination)", dst_offset, len, self.len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.ctx.make_current()?;
+        // SAFETY: both ranges were bounds-checked against live allocations of the contexts
+        // named; `&mut self` and `&src` cannot alias.
+        unsafe {
+            sys::cuMemcpyPeer(
+                self.addr(dst_offset),
+                self.ctx.as_raw(),
+                src.addr(src_offset),
+                src.ctx.as_raw(),
+                len * std::mem::size_of::<T>(),
+            )
+        }
+        .ok("cuMemcpyPeer")?;
+        // Like cuMemcpyDtoD, it may return before the device is done.
+        wait_legacy("cuMemcpyPeer")
+    }
+
+    /// Whole buffer from a buffer on another device, queued on `stream` (of this buffer's
+    /// context); sizes must match.
+    pub fn copy_from_peer_async(&mut self, src: &DeviceBuffer<T>, stream: &Stream) -> Result<()> {
+        same_size("cuMemcpyPeerAsync", src.len, self.len)?;
+        self.copy_range_from_peer_async(0, src, 0, src.len, stream)
+    }
+
+    /// `len` elements from `src[src_offset..]` (any device) to `self[dst_offset..]` on
+    /// `stream`, which must belong to this buffer's context. `src` waits for the copy
+    /// before it is freed.
+    pub fn copy_range_from_peer_async(
+        &mut self,
+        dst_offset: usize,
+        src: &DeviceBuffer<T>,
+        src_offset: usize,
+        len: usize,
+        stream: &Stream,
+    ) -> Result<()> {
+        check_range("cuMemcpyPeerAsync (source)", src_offset, len, src.len)?;
+        check_range("cuMemcpyPeerAsync (destination)", dst_offset, len, self.len)?;
+        stream.check_context(&self.ctx, "cuMemcpyPeerAsync")?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.ctx.make_current()?;
+        // SAFETY: ranges bounds-checked; this buffer's memory outlives the queued copy
+        // (cuMemFree waits for its own device), and `src` waits for the event recorded
+        // below before it is freed.
+        unsafe {
+            sys::cuMemcpyPeerAsync(
+                self.addr(dst_offset),
+                self.ctx.as_raw(),
+                src.addr(src_offset),
+                src.ctx.as_raw(),
+                len * std::mem::size_of::<T>(),
+                stream.as_raw(),
+            )
+        }
+        .ok("cuMemcpyPeerAsync")?;
+        if !src.ctx.same_as(&self.ctx) {
+            let done = Event::new(
+                &self.ctx,
+                EventOptions {
+                    timing: false,
+                    blocking_sync: false,
+                },
+            )?;
+            done.record(stream)?;
+            let mut reads = src.peer_reads.lock().unwrap_or_else(|p| p.into_inner());
+            reads.retain(|e| !e.is_complete().unwrap_or(true));
+            reads.push(done);
+        }
+        Ok(())
+    }
+
     // ---- memset -------------------------------------------------------------------------
 
     /// Sets every byte to `value`, complete on return.
@@ -375,6 +475,16 @@ impl<T: Pod> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
         if self.ptr == 0 {
             return;
+        }
+        for e in self
+            .peer_reads
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            if let Err(err) = e.synchronize() {
+                log::warn!("waiting for a peer copy before freeing device memory: {err}");
+            }
         }
         let r = self.ctx.make_current().and_then(|()| {
             // SAFETY: `ptr` came from cuMemAlloc and is freed only here. cuMemFree waits for

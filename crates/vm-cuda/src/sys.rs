@@ -1,12 +1,15 @@
-//! The CUDA driver entry points vm-cuda calls, over cust's raw bindings (cust_raw).
+//! The CUDA driver entry points vm-cuda calls, resolved from libcuda.so.1 at run time.
 //!
-//! Handle types come from `cust::sys`. The functions are declared here once more, with one
-//! difference: they return [`CuResult`], a plain `c_int`, where cust_raw returns the Rust
-//! enum `cudaError_enum` generated from CUDA 11.4 headers. A newer driver returns codes that
+//! Handle types come from `cust::sys` (cust_raw). The functions are not linked: a binary
+//! built with `cuda` must start on hosts without the NVIDIA driver (passthrough hosts,
+//! where the GPUs sit on vfio-pci), so the first driver call dlopens `libcuda.so.1`
+//! (or `$VM_CUDA_LIBRARY`) and resolves every entry point of the table below once; its
+//! absence is [`Error::DriverNotFound`], never a failed program start.
+//!
+//! Each function returns [`CuResult`], a plain `c_int`, where cust_raw returns the Rust enum
+//! `cudaError_enum` generated from CUDA 11.4 headers. A newer driver returns codes that
 //! enum lacks (CUDA 12/13 added dozens), and a Rust enum holding an undeclared value is
 //! undefined behaviour; an integer keeps every code intact for [`crate::DriverCode`].
-//! Every symbol declared here is in cust_raw's list, so the stub from
-//! `cargo xtask cuda-stub` links it and the real libcuda.so.1 exports it.
 //!
 //! Without the `cuda` feature the same functions exist as Rust functions returning
 //! [`CuResult::NOT_BUILT`], so the whole safe layer compiles, and fails with
@@ -52,6 +55,8 @@ impl CuResult {
     pub const NOT_READY: Self = Self(600);
     /// Not a CUDA code: returned by every entry point when the `cuda` feature is off.
     pub const NOT_BUILT: Self = Self(-1);
+    /// Not a CUDA code: the driver library could not be loaded ([`load_error`] says why).
+    pub const NOT_LOADED: Self = Self(-2);
 
     /// `Ok` on success, else the typed error naming `operation`.
     #[inline]
@@ -67,6 +72,11 @@ impl CuResult {
     pub fn error(self, operation: &'static str) -> Error {
         if self == Self::NOT_BUILT {
             Error::Unsupported { operation }
+        } else if self == Self::NOT_LOADED {
+            Error::DriverNotFound {
+                library: library_name(),
+                reason: load_error().unwrap_or_else(|| "not loaded".into()),
+            }
         } else {
             Error::Driver {
                 operation,
@@ -76,13 +86,83 @@ impl CuResult {
     }
 }
 
+/// The library asked for: `$VM_CUDA_LIBRARY` (a name or a path) or `libcuda.so.1`.
+pub fn library_name() -> String {
+    std::env::var("VM_CUDA_LIBRARY").unwrap_or_else(|_| "libcuda.so.1".into())
+}
+
 macro_rules! driver_api {
     ($( fn $name:ident( $($arg:ident : $ty:ty),* $(,)? ); )*) => {
         #[cfg(feature = "cuda")]
-        #[link(name = "cuda")]
-        extern "C" {
-            $( pub fn $name($($arg: $ty),*) -> CuResult; )*
+        mod loaded {
+            use super::*;
+            use std::sync::OnceLock;
+
+            /// Every entry point, resolved once; the library stays loaded for the
+            /// process's life (the pointers point into it).
+            #[allow(dead_code)]
+            pub(super) struct Api {
+                _lib: libloading::Library,
+                $( pub(super) $name: unsafe extern "C" fn($($ty),*) -> CuResult, )*
+            }
+
+            static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
+
+            fn load() -> std::result::Result<Api, String> {
+                let name = library_name();
+                // SAFETY: libcuda's initialisers are the driver's own and safe to run;
+                // loading it is what linking it did before.
+                let lib = unsafe { libloading::Library::new(&name) }.map_err(|e| e.to_string())?;
+                $(
+                    // SAFETY: the symbol is the driver API function of this name, whose C
+                    // signature (cuda.h) the declared pointer type matches.
+                    let $name = *unsafe {
+                        lib.get::<unsafe extern "C" fn($($ty),*) -> CuResult>(
+                            concat!(stringify!($name), "\0").as_bytes(),
+                        )
+                    }
+                    .map_err(|e| {
+                        format!("{name} lacks {} (driver too old?): {e}", stringify!($name))
+                    })?;
+                )*
+                log::debug!("loaded the CUDA driver API from {name}");
+                Ok(Api { _lib: lib, $( $name, )* })
+            }
+
+            /// The table: after the first call one atomic load and a branch (every launch
+            /// goes through here twice, so the loading stays out of line).
+            #[inline(always)]
+            pub(super) fn api() -> Option<&'static Api> {
+                match API.get() {
+                    Some(r) => r.as_ref().ok(),
+                    None => first_use(),
+                }
+            }
+
+            #[cold]
+            #[inline(never)]
+            fn first_use() -> Option<&'static Api> {
+                API.get_or_init(load).as_ref().ok()
+            }
+
+            pub(super) fn error() -> Option<String> {
+                API.get_or_init(load).as_ref().err().cloned()
+            }
+
+            $(
+                #[allow(clippy::missing_safety_doc)]
+                #[inline]
+                pub unsafe fn $name($($arg: $ty),*) -> CuResult {
+                    match api() {
+                        // SAFETY: the caller upholds the driver function's contract.
+                        Some(a) => unsafe { (a.$name)($($arg),*) },
+                        None => CuResult::NOT_LOADED,
+                    }
+                }
+            )*
         }
+        #[cfg(feature = "cuda")]
+        pub use loaded::*;
 
         #[cfg(not(feature = "cuda"))]
         mod not_built {
@@ -96,6 +176,18 @@ macro_rules! driver_api {
         #[cfg(not(feature = "cuda"))]
         pub use not_built::*;
     };
+}
+
+/// Why the driver library could not be loaded (`None` when it was, or without `cuda`).
+pub fn load_error() -> Option<String> {
+    #[cfg(feature = "cuda")]
+    {
+        loaded::error()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        None
+    }
 }
 
 driver_api! {
@@ -164,6 +256,25 @@ driver_api! {
     fn cuMemsetD32_v2(dst: CUdeviceptr, value: c_uint, count: usize);
     fn cuMemsetD8Async(dst: CUdeviceptr, value: c_uchar, count: usize, stream: CUstream);
     fn cuMemsetD32Async(dst: CUdeviceptr, value: c_uint, count: usize, stream: CUstream);
+    fn cuDeviceCanAccessPeer(can: *mut c_int, dev: CUdevice, peer: CUdevice);
+    fn cuDeviceGetP2PAttribute(value: *mut c_int, attrib: c_int, src: CUdevice, dst: CUdevice);
+    fn cuCtxEnablePeerAccess(peer: CUcontext, flags: c_uint);
+    fn cuCtxDisablePeerAccess(peer: CUcontext);
+    fn cuMemcpyPeer(
+        dst: CUdeviceptr,
+        dst_ctx: CUcontext,
+        src: CUdeviceptr,
+        src_ctx: CUcontext,
+        bytes: usize,
+    );
+    fn cuMemcpyPeerAsync(
+        dst: CUdeviceptr,
+        dst_ctx: CUcontext,
+        src: CUdeviceptr,
+        src_ctx: CUcontext,
+        bytes: usize,
+        stream: CUstream,
+    );
 }
 
 /// The legacy default stream (`CU_STREAM_LEGACY` is 0x1; the null handle means the same
@@ -175,6 +286,10 @@ pub const CU_STREAM_NON_BLOCKING: c_uint = 0x1;
 pub const CU_EVENT_BLOCKING_SYNC: c_uint = 0x1;
 pub const CU_EVENT_DISABLE_TIMING: c_uint = 0x2;
 pub const CU_MEMHOSTALLOC_PORTABLE: c_uint = 0x1;
+
+pub const CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK: c_int = 1;
+pub const CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED: c_int = 2;
+pub const CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED: c_int = 3;
 
 pub const CU_JIT_MAX_REGISTERS: c_int = 0;
 pub const CU_JIT_INFO_LOG_BUFFER: c_int = 3;

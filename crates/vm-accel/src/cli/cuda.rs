@@ -1,14 +1,19 @@
 //! `vm-accel cuda info|check`: CUDA devices (joinable with `list` by PCI address) and the
 //! GPU health check of vm_cuda::health.
 //!
-//! Exit codes: 0 = ok / all checks passed, 1 = a check failed, 2 = could not run (no GPU,
-//! built without the `cuda` feature, bad arguments). JSON schemas: `vm-accel.cuda-info/v1`,
-//! `vm-accel.cuda-check/v1` (docs/json-schema.md, docs/cuda.md).
+//! Exit codes: 0 = ok / healthy, 1 = unhealthy (a check failed), 2 = could not run (no
+//! driver, no GPU, built without the `cuda` feature, bad arguments), 3 = busy (the GPU is
+//! locked by another check, or shared with other processes while a check came out slow).
+//! JSON schemas: `vm-accel.cuda-info/v1`, `vm-accel.cuda-check/v1`,
+//! `vm-accel.cuda-check-all/v1` (docs/cuda.md).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vm_cuda::health::{self, HealthOptions, HealthReport};
-use vm_cuda::{Device, DeviceInfo};
+use vm_cuda::all_gpus::{self, AllReport};
+use vm_cuda::health::{self, Exclusive, HealthOptions, HealthReport, Verdict};
+use vm_cuda::sharing::Wait;
+use vm_cuda::{Device, DeviceInfo, PeerLink};
 
 use super::{print_json, CmdResult, Global};
 
@@ -16,15 +21,30 @@ use super::{print_json, CmdResult, Global};
 pub enum CudaCommand {
     /// List CUDA devices: name, PCI address, UUID, memory, compute capability, peak bandwidth.
     Info,
-    /// Run the GPU health check on one device (exit 1 if a check fails, 2 if it cannot run).
+    /// Run the GPU health check (exit 1 unhealthy, 2 cannot run, 3 busy).
     Check(CheckArgs),
 }
+
+/// Exit code of a busy GPU (locked by another check, or shared while a check was slow).
+pub const EXIT_BUSY: u8 = 3;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0, env = "VM_ACCEL_CUDA_DEVICE")]
     pub device: u32,
+    /// Every GPU (in parallel), plus a peer-copy test between every pair with peer access.
+    #[arg(long, conflicts_with = "device")]
+    pub all: bool,
+    /// Report busy (exit 3) at once if another check holds the GPU, instead of queueing.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Where the per-GPU lock files live.
+    #[arg(long, default_value = "/run/vm-accel", env = "VM_ACCEL_RUN_DIR")]
+    pub run_dir: PathBuf,
+    /// Read processes from this directory instead of /proc (fixtures).
+    #[arg(long, default_value = "/proc", hide = true, env = "VM_ACCEL_PROC_ROOT")]
+    pub proc_root: PathBuf,
     /// Share of free device memory the pattern test writes and verifies (0 < f <= 0.95).
     #[arg(long, default_value_t = 0.25)]
     pub memory_fraction: f64,
@@ -43,8 +63,35 @@ struct InfoOutput {
     /// `null` when the driver could not be asked.
     driver_version: Option<String>,
     devices: Vec<DeviceInfo>,
+    /// Which GPUs reach which (`null` when the driver could not be asked).
+    topology: Option<Topology>,
     /// Why there are no devices, when the driver refused (stub library, no device...).
     error: Option<String>,
+}
+
+/// Peer attributes of every ordered pair of GPUs, joined with each GPU's NUMA node and PCI
+/// path from sysfs.
+#[derive(Debug, serde::Serialize)]
+pub struct Topology {
+    gpus: Vec<GpuPlace>,
+    links: Vec<PeerLink>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct GpuPlace {
+    ordinal: u32,
+    pci_bdf: String,
+    /// `null` when sysfs does not say (or the device is not under the sysfs root).
+    numa_node: Option<u32>,
+    /// Bridges above the GPU, nearest first.
+    pci_path: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct CheckAllOutput<'a> {
+    schema: &'static str,
+    #[serde(flatten)]
+    report: &'a AllReport,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -62,36 +109,97 @@ pub fn run(g: &Global, c: CudaCommand) -> CmdResult {
     }
 }
 
-fn gather() -> vm_cuda::Result<(String, Vec<DeviceInfo>)> {
+fn gather(g: &Global) -> vm_cuda::Result<(String, Vec<DeviceInfo>, Topology)> {
     let (major, minor) = vm_cuda::driver_version()?;
     let devices = Device::all()?
         .iter()
         .map(Device::info)
         .collect::<vm_cuda::Result<Vec<_>>>()?;
-    Ok((format!("{major}.{minor}"), devices))
+    let topology = Topology {
+        gpus: devices.iter().map(|d| place(g, d)).collect(),
+        links: vm_cuda::topology()?,
+    };
+    Ok((format!("{major}.{minor}"), devices, topology))
+}
+
+/// The GPU topology for `list --topology` / `show --topology`: which GPUs reach which, or
+/// why the driver could not say (no driver, GPUs on vfio-pci, no `cuda` feature).
+pub fn gpu_topology(g: &Global) -> Result<Topology, String> {
+    gather(g).map(|(_, _, t)| t).map_err(|e| e.to_string())
+}
+
+/// Where a GPU sits, from sysfs (best effort: a GPU the sysfs root does not show has no
+/// NUMA node and no path).
+fn place(g: &Global, d: &DeviceInfo) -> GpuPlace {
+    let dev = d
+        .pci_bdf
+        .parse::<vm_pci::Bdf>()
+        .ok()
+        .and_then(|b| vm_pci::read_device(&vm_pci::SysfsRoot::new(&g.sysfs_root), b).ok());
+    GpuPlace {
+        ordinal: d.ordinal,
+        pci_bdf: d.pci_bdf.clone(),
+        numa_node: dev.as_ref().and_then(|p| p.numa_node),
+        pci_path: dev
+            .map(|p| p.upstream_path().iter().map(|b| b.to_string()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// One line per ordered pair: `0 -> 1  NVLink (...), performance rank 0`.
+pub fn print_topology(t: &Topology) {
+    if t.links.is_empty() {
+        println!("peers: none ({} GPU)", t.gpus.len());
+        return;
+    }
+    println!("peers:");
+    for p in &t.gpus {
+        println!(
+            "  GPU {} = {} (NUMA node {})",
+            p.ordinal,
+            p.pci_bdf,
+            p.numa_node
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    for l in &t.links {
+        let how = match l.link {
+            vm_cuda::LinkKind::Nvlink => "NVLink (peer access, native atomics)",
+            vm_cuda::LinkKind::Pcie => "PCIe (peer access, no native atomics)",
+            vm_cuda::LinkKind::None => "no peer access (copies go through host memory)",
+        };
+        println!(
+            "  {} -> {}  {how}, performance rank {}",
+            l.src, l.dst, l.performance_rank
+        );
+    }
 }
 
 fn info(g: &Global) -> CmdResult {
-    let result = gather();
+    let result = gather(g);
     if g.json {
-        let (driver_version, devices, error) = match &result {
-            Ok((v, d)) => (Some(v.clone()), d.clone(), None),
-            Err(e) => (None, Vec::new(), Some(e.to_string())),
+        let (driver_version, devices, topology, error) = match result {
+            Ok((v, d, t)) => (Some(v), d, Some(t), None),
+            Err(e) => (None, Vec::new(), None, Some(e.to_string())),
         };
+        let failed = error.is_some();
         print_json(&InfoOutput {
             schema: "vm-accel.cuda-info/v1",
             built_with_cuda: vm_cuda::BUILT_WITH_CUDA,
             driver_version,
             devices,
+            topology,
             error,
         })?;
-        return Ok(if result.is_ok() {
-            ExitCode::SUCCESS
-        } else {
+        return Ok(if failed {
             ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
         });
     }
-    let (version, devices) = result.map_err(|e| anyhow::anyhow!("no usable CUDA devices: {e}"))?;
+    let (version, devices, topology) =
+        result.map_err(|e| anyhow::anyhow!("no usable CUDA devices: {e}"))?;
     println!("CUDA driver {version}, {} device(s)", devices.len());
     for d in &devices {
         println!("{}: {}", d.ordinal, d.name);
@@ -120,7 +228,21 @@ fn info(g: &Global) -> CmdResult {
             d.limits.max_shared_per_block / 1024,
             d.limits.max_shared_per_block_optin / 1024
         );
+        if let Some(p) = topology.gpus.iter().find(|p| p.ordinal == d.ordinal) {
+            println!(
+                "  numa       {}, PCI path {}",
+                p.numa_node
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                if p.pci_path.is_empty() {
+                    "-".to_string()
+                } else {
+                    p.pci_path.join(" <- ")
+                }
+            );
+        }
     }
+    print_topology(&topology);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -131,7 +253,15 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
         min_bandwidth_fraction: a.min_bandwidth,
         ..HealthOptions::default()
     };
-    let report = health::run(a.device, &opts).map_err(|e| {
+    let ex = Exclusive {
+        run_dir: a.run_dir.clone(),
+        proc_root: a.proc_root.clone(),
+        wait: if a.no_wait { Wait::No } else { Wait::Yes },
+    };
+    if a.all {
+        return check_all(g, &opts, &ex);
+    }
+    let report = health::run_exclusive(a.device, &opts, &ex).map_err(|e| {
         anyhow::anyhow!(
             "CUDA health check of device {} could not run: {e}",
             a.device
@@ -143,37 +273,161 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
             report: &report,
         })?;
     } else {
-        let d = &report.device;
+        print_report(&report);
+        println!("result: {}", verdict_line(&report));
+    }
+    Ok(exit_code(report.verdict))
+}
+
+fn exit_code(v: Verdict) -> ExitCode {
+    match v {
+        Verdict::Healthy => ExitCode::SUCCESS,
+        Verdict::Unhealthy => ExitCode::FAILURE,
+        Verdict::Busy => ExitCode::from(EXIT_BUSY),
+    }
+}
+
+fn verdict_line(r: &HealthReport) -> String {
+    match r.verdict {
+        Verdict::Healthy => "PASS".into(),
+        Verdict::Unhealthy => "FAIL (see FAIL lines)".into(),
+        Verdict::Busy => format!("BUSY: {}", r.busy.as_deref().unwrap_or("in use")),
+    }
+}
+
+fn print_report(report: &HealthReport) {
+    let d = &report.device;
+    println!(
+        "CUDA device {}: {} ({}, {}), driver {}.{}",
+        d.ordinal,
+        d.name,
+        d.pci_bdf,
+        d.uuid.as_deref().unwrap_or("no uuid"),
+        report.driver_version.0,
+        report.driver_version.1
+    );
+    for c in &report.checks {
         println!(
-            "CUDA device {}: {} ({}, {}), driver {}.{}",
-            d.ordinal,
-            d.name,
-            d.pci_bdf,
-            d.uuid.as_deref().unwrap_or("no uuid"),
-            report.driver_version.0,
-            report.driver_version.1
-        );
-        for c in &report.checks {
-            println!(
-                "  {:<4} {:<15} {:>9.1} ms  {}",
-                if c.passed { "PASS" } else { "FAIL" },
-                c.name,
-                c.elapsed_ms,
-                c.detail
-            );
-        }
-        println!(
-            "result: {}",
-            if report.passed {
-                "PASS"
-            } else {
-                "FAIL (see FAIL lines)"
-            }
+            "  {:<4} {:<15} {:>9.1} ms  {}",
+            if c.passed { "PASS" } else { "FAIL" },
+            c.name,
+            c.elapsed_ms,
+            c.detail
         );
     }
-    Ok(if report.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    for u in &report.other_users {
+        println!("  also using the GPU: pid {} ({})", u.pid, u.comm);
+    }
+}
+
+fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
+    let report = all_gpus::run_all(opts, ex)
+        .map_err(|e| anyhow::anyhow!("CUDA health check of every GPU could not run: {e}"))?;
+    if g.json {
+        print_json(&CheckAllOutput {
+            schema: "vm-accel.cuda-check-all/v1",
+            report: &report,
+        })?;
+        return Ok(exit_code(report.verdict));
+    }
+    for d in &report.devices {
+        match (&d.report, &d.error) {
+            (Some(r), _) => {
+                print_report(r);
+                println!("  device {}: {}", d.ordinal, verdict_line(r));
+            }
+            (None, e) => println!(
+                "CUDA device {}: could not run: {}",
+                d.ordinal,
+                e.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+    println!(
+        "devices checked in parallel in {:.0} ms",
+        report.devices_elapsed_ms
+    );
+    match &report.peers.skipped {
+        Some(why) => println!("peer copies: skipped: {why}"),
+        None => {
+            println!("peer copies ({:.0} ms):", report.peers_elapsed_ms);
+            for p in &report.peers.pairs {
+                println!(
+                    "  {:<4} {} -> {}  {}",
+                    if p.passed { "PASS" } else { "FAIL" },
+                    p.src,
+                    p.dst,
+                    p.detail
+                );
+            }
+        }
+    }
+    for l in &report.peers.without_access {
+        println!("  skip {} -> {}  no peer access", l.src, l.dst);
+    }
+    println!(
+        "result: {}",
+        match report.verdict {
+            Verdict::Healthy => "PASS",
+            Verdict::Unhealthy => "FAIL (see FAIL lines)",
+            Verdict::Busy => "BUSY (see the devices above)",
+        }
+    );
+    Ok(exit_code(report.verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu_at(bdf: &str) -> DeviceInfo {
+        DeviceInfo {
+            ordinal: 0,
+            name: "NVIDIA H200".into(),
+            uuid: None,
+            pci: vm_cuda::PciLocation {
+                domain: 0,
+                bus: 1,
+                device: 0,
+            },
+            pci_bdf: bdf.into(),
+            total_memory_bytes: 0,
+            compute_capability: (9, 0),
+            sm_count: 132,
+            clock_khz: 0,
+            memory_clock_khz: 0,
+            memory_bus_width_bits: 0,
+            peak_memory_bandwidth_bytes_per_s: None,
+            l2_cache_bytes: 0,
+            async_engine_count: 0,
+            ecc_enabled: true,
+            limits: vm_cuda::Limits {
+                max_threads_per_block: 1024,
+                max_block_dim: [1024, 1024, 64],
+                max_grid_dim: [1, 1, 1],
+                max_shared_per_block: 0,
+                max_shared_per_block_optin: 0,
+                warp_size: 32,
+            },
+        }
+    }
+
+    /// The driver's view of a GPU joined with sysfs: NUMA node and the bridges above it.
+    #[test]
+    fn gpu_place_joins_sysfs_numa_node_and_pci_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        vm_pci::fixture::iommu_host(dir.path()).expect("fixture");
+        let g = Global {
+            sysfs_root: dir.path().to_path_buf(),
+            json: false,
+        };
+        let p = place(&g, &gpu_at("0000:01:00.0"));
+        assert_eq!(p.numa_node, Some(0));
+        assert_eq!(p.pci_path, vec!["0000:00:01.0".to_string()]);
+        // A GPU sysfs does not show (another root, a malformed address): nothing invented.
+        for bdf in ["0000:42:00.0", "not-a-bdf"] {
+            let p = place(&g, &gpu_at(bdf));
+            assert_eq!((p.numa_node, p.pci_path.len()), (None, 0), "{bdf}");
+        }
+    }
 }

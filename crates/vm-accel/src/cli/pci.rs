@@ -15,12 +15,51 @@ pub struct ListArgs {
     /// Only accelerators (display, 3D, processing-accelerator classes).
     #[arg(long)]
     pub accelerators: bool,
+    /// Also ask the CUDA driver which GPUs reach which (NVLink or PCIe); costs a driver
+    /// start, so it is not the default.
+    #[arg(long)]
+    pub topology: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
     /// Device address, e.g. 0000:00:06.0.
     pub bdf: Bdf,
+    /// Also ask the CUDA driver which GPUs this one reaches (NVLink or PCIe).
+    #[arg(long)]
+    pub topology: bool,
+}
+
+/// `gpu_topology` of `list --json --topology` / `show --json --topology`: the topology, or
+/// why the driver could not give it.
+#[derive(Debug, Serialize)]
+struct TopologyField {
+    #[serde(flatten)]
+    topology: Option<super::cuda::Topology>,
+    error: Option<String>,
+}
+
+fn topology_field(g: &Global, wanted: bool) -> Option<TopologyField> {
+    wanted.then(|| match super::cuda::gpu_topology(g) {
+        Ok(t) => TopologyField {
+            topology: Some(t),
+            error: None,
+        },
+        Err(e) => TopologyField {
+            topology: None,
+            error: Some(e),
+        },
+    })
+}
+
+fn print_topology_field(t: Option<TopologyField>) {
+    match t {
+        Some(TopologyField {
+            topology: Some(t), ..
+        }) => super::cuda::print_topology(&t),
+        Some(TopologyField { error: Some(e), .. }) => println!("GPU topology: unavailable: {e}"),
+        _ => {}
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +100,9 @@ struct ListOutput<'a> {
     schema: &'static str,
     devices: Vec<ListEntry<'a>>,
     unreadable: &'a [vm_pci::Unreadable],
+    /// Only with `--topology`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_topology: Option<TopologyField>,
 }
 
 fn list_entry(d: &PciDevice) -> ListEntry<'_> {
@@ -111,6 +153,7 @@ pub fn list(g: &Global, a: ListArgs) -> CmdResult {
             schema: "vm-accel.list/v1",
             devices: devices.iter().map(|d| list_entry(d)).collect(),
             unreadable: &inv.unreadable,
+            gpu_topology: topology_field(g, a.topology),
         })?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -150,6 +193,7 @@ pub fn list(g: &Global, a: ListArgs) -> CmdResult {
     for u in &inv.unreadable {
         eprintln!("warning: {} could not be read: {}", u.entry, u.error);
     }
+    print_topology_field(topology_field(g, a.topology));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -161,6 +205,9 @@ struct ShowOutput<'a> {
     iommu_group: Option<&'a vm_pci::IommuGroup>,
     group_viability: Option<Viability>,
     checks: Vec<Check>,
+    /// Only with `--topology`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_topology: Option<TopologyField>,
 }
 
 pub fn show(g: &Global, a: ShowArgs) -> CmdResult {
@@ -175,10 +222,12 @@ pub fn show(g: &Global, a: ShowArgs) -> CmdResult {
             iommu_group: group,
             group_viability: group.map(|gr| inv.group_viability(gr)),
             checks,
+            gpu_topology: topology_field(g, a.topology),
         })?;
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", render_show(&inv, d, &checks));
+    print_topology_field(topology_field(g, a.topology));
     Ok(ExitCode::SUCCESS)
 }
 
