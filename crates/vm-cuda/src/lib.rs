@@ -84,3 +84,8 @@ mod unsupported_tests {
         unsupported(health::run(0, &health::HealthOptions::default()));
     }
 }
+
+// The README is the crate page on crates.io: its examples are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -37,3 +37,8 @@ pub use sysfs::SysfsRoot;
 
 /// The driver VFIO passthrough needs.
 pub const VFIO_PCI_DRIVER: &str = "vfio-pci";
+
+// The README is the crate page on crates.io: its examples are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

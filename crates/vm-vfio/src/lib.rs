@@ -14,3 +14,8 @@
 
 pub mod access;
 pub mod bind;
+
+// The README is the crate page on crates.io: its examples are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
