@@ -3,6 +3,7 @@
 //! - `hw-test`: detect what this host has (GPU, /dev/kvm, /dev/vfio, IOMMU, qemu), run each
 //!   suite whose needs are met, print what ran and what was skipped and why.
 //! - `cuda-stub`: generate the stub libcuda that cust's build script links against.
+//! - `man`: render the `vm-accel` man pages from the CLI's definition (clap_mangen).
 //! - `lab`: boot the emulated VFIO lab (QEMU + intel-iommu + edu) and run tests inside it.
 
 use clap::{Parser, Subcommand};
@@ -11,6 +12,7 @@ mod bench;
 mod cuda_stub;
 mod hw_test;
 mod lab;
+mod man;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "vm-accel project automation")]
@@ -29,6 +31,8 @@ enum Command {
     BenchList(bench::Args),
     /// Boot the emulated VFIO lab and run tests inside the guest.
     Lab(lab::Args),
+    /// Write the `vm-accel` man pages (default: target/man).
+    Man(man::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Command::CudaStub(args) => cuda_stub::run(args),
         Command::Lab(args) => lab::run(args),
         Command::BenchList(args) => bench::run(args),
+        Command::Man(args) => man::run(args),
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod attach;
 pub mod lifecycle;
+#[cfg(feature = "cli")]
+pub mod cli;
 
 pub use vm_cuda;
 pub use vm_pci;

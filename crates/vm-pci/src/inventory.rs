@@ -44,6 +44,7 @@ impl Inventory {
     /// [`Inventory::scan`], reading only as much config space as `how` says.
     pub fn scan_with(root: &SysfsRoot, how: ConfigRead) -> Result<Inventory> {
         let dir = root.pci_devices_dir();
+        log::debug!("scanning {} ({how:?})", dir.display());
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         let mut devices = Vec::new();
         let mut unreadable = Vec::new();
@@ -58,7 +59,20 @@ impl Inventory {
                     read_device_dir(root, bdf, &d, how).map_err(|e| e.to_string())
                 });
             match result {
-                Ok(d) => devices.push(d),
+                Ok(d) => {
+                    log::debug!(
+                        "{}: read {}: {:04x}:{:04x} class {}, driver {}, group {}, {} bytes of config space",
+                        d.bdf,
+                        d.sysfs_dir.display(),
+                        d.vendor_id,
+                        d.device_id,
+                        d.class,
+                        d.driver.as_deref().unwrap_or("none"),
+                        d.iommu_group.map_or("none".to_string(), |g| g.to_string()),
+                        d.config_len
+                    );
+                    devices.push(d)
+                }
                 Err(error) => {
                     log::warn!("skipping {name}: {error}");
                     unreadable.push(Unreadable { entry: name, error });
@@ -68,6 +82,15 @@ impl Inventory {
         devices.sort_by_key(|d| d.bdf);
         let groups = read_groups(root)?;
         let iommu = read_iommu_info(root, groups.len(), how == ConfigRead::Full)?;
+        log::debug!(
+            "{} devices, {} unreadable, {} IOMMU groups, IOMMU units {:?}, IOMMU kernel parameters {:?}, interrupt remapping {:?}",
+            devices.len(),
+            unreadable.len(),
+            groups.len(),
+            iommu.units,
+            iommu.cmdline_flags,
+            iommu.interrupt_remapping
+        );
         Ok(Inventory {
             devices,
             unreadable,

@@ -62,11 +62,20 @@ const VFIO_MODULES: [&str; 3] = ["vfio", "vfio_iommu_type1", "vfio_pci"];
 
 /// Checks that concern the host as a whole.
 pub fn host_checks(inv: &Inventory) -> Vec<Check> {
-    vec![
+    let checks = vec![
         iommu_check(inv),
         interrupt_remapping_check(inv),
         vfio_module_check(inv),
-    ]
+    ];
+    log_checks("host", &checks);
+    checks
+}
+
+/// Says at debug level what each check decided (the files behind it are logged by the scan).
+fn log_checks(subject: &str, checks: &[Check]) {
+    for c in checks {
+        log::debug!("{subject}: check {} = {}: {}", c.id, c.level, c.message);
+    }
 }
 
 fn iommu_check(inv: &Inventory) -> Check {
@@ -204,6 +213,7 @@ pub fn device_checks(inv: &Inventory, bdf: Bdf) -> Result<Vec<Check>> {
             format!("BAR{} is {}: the VMM must place it in a 64-bit MMIO window at least that large, and mapping it is slow without huge-page alignment", bar.index, format_size(bar.size)),
         ));
     }
+    log_checks(&bdf.to_string(), &checks);
     Ok(checks)
 }
 

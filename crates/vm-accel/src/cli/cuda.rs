@@ -109,6 +109,18 @@ pub fn run(g: &Global, c: CudaCommand) -> CmdResult {
     }
 }
 
+/// The error as a CLI user should read it: vm-cuda's "enable the `cuda` feature" is for a
+/// crate user; the person at the shell needs the install command.
+fn explain(e: &vm_cuda::Error) -> String {
+    if matches!(e, vm_cuda::Error::Unsupported { .. }) {
+        "this vm-accel was built without CUDA support; rebuild it with \
+         `cargo install vm-accel --features cuda` (needs the NVIDIA driver's libcuda)"
+            .to_string()
+    } else {
+        e.to_string()
+    }
+}
+
 fn gather(g: &Global) -> vm_cuda::Result<(String, Vec<DeviceInfo>, Topology)> {
     let (major, minor) = vm_cuda::driver_version()?;
     let devices = Device::all()?
@@ -181,7 +193,7 @@ fn info(g: &Global) -> CmdResult {
     if g.json {
         let (driver_version, devices, topology, error) = match result {
             Ok((v, d, t)) => (Some(v), d, Some(t), None),
-            Err(e) => (None, Vec::new(), None, Some(e.to_string())),
+            Err(e) => (None, Vec::new(), None, Some(explain(&e))),
         };
         let failed = error.is_some();
         print_json(&InfoOutput {
@@ -199,7 +211,7 @@ fn info(g: &Global) -> CmdResult {
         });
     }
     let (version, devices, topology) =
-        result.map_err(|e| anyhow::anyhow!("no usable CUDA devices: {e}"))?;
+        result.map_err(|e| anyhow::anyhow!("no usable CUDA devices: {}", explain(&e)))?;
     println!("CUDA driver {version}, {} device(s)", devices.len());
     for d in &devices {
         println!("{}: {}", d.ordinal, d.name);
@@ -263,8 +275,9 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
     }
     let report = health::run_exclusive(a.device, &opts, &ex).map_err(|e| {
         anyhow::anyhow!(
-            "CUDA health check of device {} could not run: {e}",
-            a.device
+            "CUDA health check of device {} could not run: {}",
+            a.device,
+            explain(&e)
         )
     })?;
     if g.json {
@@ -322,7 +335,7 @@ fn print_report(report: &HealthReport) {
 
 fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
     let report = all_gpus::run_all(opts, ex)
-        .map_err(|e| anyhow::anyhow!("CUDA health check of every GPU could not run: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("CUDA health check of every GPU could not run: {}", explain(&e)))?;
     if g.json {
         print_json(&CheckAllOutput {
             schema: "vm-accel.cuda-check-all/v1",

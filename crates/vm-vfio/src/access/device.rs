@@ -775,7 +775,7 @@ impl BarMapping {
     }
     fn at(&self, off: u64, len: usize) -> Option<*mut u8> {
         let rel = off.checked_sub(self.offset)? as usize;
-        if rel % len != 0 || rel + len > self.len {
+        if !rel.is_multiple_of(len) || rel + len > self.len {
             return None;
         }
         // SAFETY: in bounds of the mapping (checked above).

@@ -149,7 +149,7 @@ impl IovaSpace {
             return Err(MapRefused::Wraps { iova, len });
         }
         let a = self.alignment.max(1);
-        if iova.0 % a != 0 || len % a != 0 {
+        if !iova.0.is_multiple_of(a) || !len.is_multiple_of(a) {
             return Err(MapRefused::Unaligned {
                 iova,
                 len,
