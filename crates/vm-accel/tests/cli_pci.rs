@@ -114,7 +114,8 @@ fn check_passes_on_a_viable_device_and_explains_a_blocked_group() {
     );
     let out = vm_accel(&["--sysfs-root", root, "show", "0000:01:00.0", "--json"]);
     let v = stdout_json(&out);
-    assert_eq!(v["iommu_group"]["id"], 1);
+    assert_eq!(v["group"]["iommu_group"], 1);
+    assert_eq!(v["device"]["iommu_group"], 1);
     assert_eq!(v["group_viability"]["state"], "not_viable");
     let text =
         String::from_utf8_lossy(&vm_accel(&["--sysfs-root", root, "show", "0000:01:00.0"]).stdout)

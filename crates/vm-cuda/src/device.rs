@@ -67,8 +67,12 @@ pub struct DeviceInfo {
     pub name: String,
     /// `GPU-xxxxxxxx-xxxx-...` as nvidia-smi prints it, when the driver reports one.
     pub uuid: Option<String>,
+    /// The PCI location as numbers; JSON carries it as `bdf` only (one name and type for
+    /// an address in every vm-accel document).
+    #[serde(skip)]
     pub pci: PciLocation,
-    /// The PCI address as a string (`dddd:bb:dd.0`).
+    /// The PCI address as a string (`dddd:bb:dd.0`), `bdf` in JSON.
+    #[serde(rename = "bdf")]
     pub pci_bdf: String,
     pub total_memory_bytes: u64,
     pub compute_capability: (u32, u32),

@@ -128,6 +128,8 @@ pub struct Bandwidth {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HealthReport {
     pub device: DeviceInfo,
+    /// CUDA driver API version (major, minor); `"13.0"` in JSON, as `cuda info` prints it.
+    #[serde(serialize_with = "version_string")]
     pub driver_version: (u32, u32),
     pub checks: Vec<CheckResult>,
     pub tested_memory_bytes: u64,
@@ -150,6 +152,13 @@ pub struct Exclusive {
     pub run_dir: PathBuf,
     pub proc_root: PathBuf,
     pub wait: Wait,
+}
+
+fn version_string<S: serde::Serializer>(
+    v: &(u32, u32),
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{}.{}", v.0, v.1))
 }
 
 impl Default for Exclusive {

@@ -236,6 +236,7 @@ impl CapabilityList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Capability {
     pub offset: u16,
+    #[serde(serialize_with = "crate::json::hex2")]
     pub id: u8,
     pub detail: CapDetail,
 }
@@ -426,6 +427,7 @@ fn decode_pcie(b: &[u8], at: usize) -> Option<PcieCap> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExtCapability {
     pub offset: u16,
+    #[serde(serialize_with = "crate::json::hex4")]
     pub id: u16,
     pub version: u8,
     pub detail: ExtDetail,
@@ -449,11 +451,14 @@ pub enum ExtDetail {
         next_function: u8,
     },
     Dvsec {
+        #[serde(serialize_with = "crate::json::hex4")]
         vendor: u16,
         revision: u8,
+        #[serde(serialize_with = "crate::json::hex4")]
         dvsec_id: u16,
     },
     Vsec {
+        #[serde(serialize_with = "crate::json::hex4")]
         vsec_id: u16,
         revision: u8,
     },
@@ -519,6 +524,7 @@ pub struct SriovCap {
     pub num_vfs: u16,
     pub vf_offset: u16,
     pub vf_stride: u16,
+    #[serde(serialize_with = "crate::json::hex4")]
     pub vf_device_id: u16,
     pub vf_enabled: bool,
 }

@@ -15,16 +15,21 @@ use crate::Bdf;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PciDevice {
     pub bdf: Bdf,
+    #[serde(serialize_with = "crate::json::hex4")]
     pub vendor_id: u16,
+    #[serde(serialize_with = "crate::json::hex4")]
     pub device_id: u16,
     pub vendor_name: Option<&'static str>,
     pub device_name: Option<&'static str>,
+    #[serde(serialize_with = "crate::json::opt_hex4")]
     pub subsystem_vendor_id: Option<u16>,
+    #[serde(serialize_with = "crate::json::opt_hex4")]
     pub subsystem_device_id: Option<u16>,
     pub subsystem_name: Option<&'static str>,
     pub class: ClassCode,
     pub class_kind: ClassKind,
     pub class_name: &'static str,
+    #[serde(serialize_with = "crate::json::opt_hex2")]
     pub revision: Option<u8>,
     /// Kernel driver bound now (`None`: unbound).
     pub driver: Option<String>,
@@ -89,6 +94,7 @@ pub struct SriovInfo {
     pub num_vfs: u16,
     pub vf_offset: Option<u16>,
     pub vf_stride: Option<u16>,
+    #[serde(serialize_with = "crate::json::opt_hex4")]
     pub vf_device_id: Option<u16>,
     /// The VFs that exist now (from the `virtfnN` links).
     pub vfs: Vec<Bdf>,

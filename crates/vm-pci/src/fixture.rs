@@ -301,8 +301,12 @@ impl TreeBuilder {
         Ok(self)
     }
 
+    /// A loaded module (`module/<name>`, with the `refcnt` a loaded module has: a file, so
+    /// the directory survives in git, which drops empty ones).
     pub fn module(&mut self, name: &str) -> io::Result<&mut Self> {
-        std::fs::create_dir_all(self.root.join("module").join(name))?;
+        let dir = self.root.join("module").join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("refcnt"), "0\n")?;
         Ok(self)
     }
 
@@ -473,5 +477,38 @@ pub fn iommu_host(root: impl Into<PathBuf>) -> io::Result<TreeBuilder> {
     broken.config = c.build();
     broken.reset_method = None;
     t.device(&broken)?;
+    Ok(t)
+}
+
+/// The host of docs/passthrough.md: VT-d with interrupt remapping, the vfio and
+/// vfio_iommu_type1 modules loaded but vfio-pci not yet, and IOMMU group 5 holding a GPU
+/// 0000:41:00.0 (nvidia), its HDMI audio function 0000:41:00.1 (snd_hda_intel) and the root
+/// port 0000:40:01.0 above them (pcieport; no ACS, hence one group). Committed as
+/// `tests/fixtures/sysfs/gpu-audio-host`, where the how-to's examples run with
+/// `--sysfs-root`.
+pub fn gpu_audio_host(root: impl Into<PathBuf>) -> io::Result<TreeBuilder> {
+    let b = |s: &str| {
+        s.parse::<Bdf>()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let mut t = TreeBuilder::new(root)?;
+    t.cmdline("BOOT_IMAGE=/vmlinuz root=/dev/sda1 intel_iommu=on iommu=pt")?
+        .intel_iommu("dmar0", 0xf0_50da)?
+        .module("vfio")?
+        .module("vfio_iommu_type1")?;
+    let port = b("0000:40:01.0")?;
+    t.device(&DeviceSpec::root_port(port, None).group(5))?;
+    let mut gpu = DeviceSpec::endpoint(b("0000:41:00.0")?, 0x10de, 0x2684, 0x030000)
+        .driver("nvidia")
+        .group(5)
+        .parent(port);
+    gpu.resource = "0x00000000fb000000 0x00000000fbffffff 0x0000000000040200\n0 0 0\n0x0000006000000000 0x00000067ffffffff 0x000000000014220c\n".into();
+    t.device(&gpu)?;
+    t.device(
+        &DeviceSpec::endpoint(b("0000:41:00.1")?, 0x10de, 0x22ba, 0x040300)
+            .driver("snd_hda_intel")
+            .group(5)
+            .parent(port),
+    )?;
     Ok(t)
 }

@@ -127,7 +127,7 @@ impl std::fmt::Display for ClassCode {
 
 impl Serialize for ClassCode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("0x{:06x}", self.0))
+        s.collect_str(&format_args!("{:06x}", self.0))
     }
 }
 

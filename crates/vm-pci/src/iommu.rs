@@ -48,6 +48,9 @@ pub enum InterruptRemapping {
 /// One IOMMU group: the smallest set of devices the IOMMU can isolate from the rest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IommuGroup {
+    /// The group number (`/sys/kernel/iommu_groups/<n>`); in JSON `iommu_group`, the name
+    /// the number has everywhere else.
+    #[serde(rename = "iommu_group")]
     pub id: u32,
     pub devices: Vec<Bdf>,
     /// Default domain type (`DMA`, `DMA-FQ`, `identity`, `blocked`), if the kernel says.

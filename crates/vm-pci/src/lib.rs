@@ -21,6 +21,7 @@ pub mod fixture;
 pub mod ids;
 mod inventory;
 pub mod iommu;
+mod json;
 pub mod readiness;
 mod sysfs;
 

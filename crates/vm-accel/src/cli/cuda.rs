@@ -4,8 +4,8 @@
 //! Exit codes: 0 = ok / healthy, 1 = unhealthy (a check failed), 2 = could not run (no
 //! driver, no GPU, built without the `cuda` feature, bad arguments), 3 = busy (the GPU is
 //! locked by another check, or shared with other processes while a check came out slow).
-//! JSON schemas: `vm-accel.cuda-info/v1`, `vm-accel.cuda-check/v1`,
-//! `vm-accel.cuda-check-all/v1` (docs/cuda.md).
+//! JSON schemas: `vm-accel.cuda-info/v2`, `vm-accel.cuda-check/v2`,
+//! `vm-accel.cuda-check-all/v2` (docs/json-schema.md, docs/cuda.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -197,7 +197,7 @@ fn info(g: &Global) -> CmdResult {
         };
         let failed = error.is_some();
         print_json(&InfoOutput {
-            schema: "vm-accel.cuda-info/v1",
+            schema: "vm-accel.cuda-info/v2",
             built_with_cuda: vm_cuda::BUILT_WITH_CUDA,
             driver_version,
             devices,
@@ -282,7 +282,7 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
     })?;
     if g.json {
         print_json(&CheckOutput {
-            schema: "vm-accel.cuda-check/v1",
+            schema: "vm-accel.cuda-check/v2",
             report: &report,
         })?;
     } else {
@@ -338,7 +338,7 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
         .map_err(|e| anyhow::anyhow!("CUDA health check of every GPU could not run: {}", explain(&e)))?;
     if g.json {
         print_json(&CheckAllOutput {
-            schema: "vm-accel.cuda-check-all/v1",
+            schema: "vm-accel.cuda-check-all/v2",
             report: &report,
         })?;
         return Ok(exit_code(report.verdict));

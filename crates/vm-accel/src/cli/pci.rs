@@ -197,12 +197,13 @@ pub fn list(g: &Global, a: ListArgs) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `show --json` (schema `vm-accel.show/v1`).
+/// `show --json` (schema `vm-accel.show/v2`).
 #[derive(Debug, Serialize)]
 struct ShowOutput<'a> {
     schema: &'static str,
     device: &'a PciDevice,
-    iommu_group: Option<&'a vm_pci::IommuGroup>,
+    /// The device's IOMMU group in full (`device.iommu_group` is its number).
+    group: Option<&'a vm_pci::IommuGroup>,
     group_viability: Option<Viability>,
     checks: Vec<Check>,
     /// Only with `--topology`.
@@ -217,9 +218,9 @@ pub fn show(g: &Global, a: ShowArgs) -> CmdResult {
     let checks = device_checks(&inv, a.bdf)?;
     if g.json {
         print_json(&ShowOutput {
-            schema: "vm-accel.show/v1",
+            schema: "vm-accel.show/v2",
             device: d,
-            iommu_group: group,
+            group,
             group_viability: group.map(|gr| inv.group_viability(gr)),
             checks,
             gpu_topology: topology_field(g, a.topology),
