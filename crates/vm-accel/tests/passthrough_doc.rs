@@ -2,6 +2,9 @@
 //! (tests/fixtures/sysfs/gpu-audio-host, written by `vm_pci::fixture::gpu_audio_host`), and
 //! the how-to's dry run reproduced on it with `--sysfs-root`.
 
+// Test helpers: a panic with the reason is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -64,6 +64,8 @@ impl Default for HealthOptions {
 pub struct CheckResult {
     pub name: &'static str,
     pub passed: bool,
+    /// What was measured or what went wrong; `message` in JSON, as in every vm-accel check.
+    #[serde(rename = "message")]
     pub detail: String,
     pub elapsed_ms: f64,
     /// What kind of failure (`null` when passed).

@@ -262,7 +262,9 @@ pub enum CapDetail {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PmCap {
     pub version: u8,
-    /// Current power state, 0..=3 for D0..D3hot.
+    /// Current power state, 0..=3 for D0..D3hot (`"D0"`..`"D3hot"` in JSON, where `state`
+    /// is a word in every document).
+    #[serde(serialize_with = "crate::json::power_state")]
     pub state: u8,
     /// The device keeps its state on D3hot->D0 (so a PM reset does not reset it).
     pub no_soft_reset: bool,
@@ -453,6 +455,8 @@ pub enum ExtDetail {
     Dvsec {
         #[serde(serialize_with = "crate::json::hex4")]
         vendor: u16,
+        /// `dvsec_revision` in JSON (`revision` is the function's hex revision id there).
+        #[serde(rename = "dvsec_revision")]
         revision: u8,
         #[serde(serialize_with = "crate::json::hex4")]
         dvsec_id: u16,
@@ -460,6 +464,8 @@ pub enum ExtDetail {
     Vsec {
         #[serde(serialize_with = "crate::json::hex4")]
         vsec_id: u16,
+        /// `vsec_revision` in JSON (`revision` is the function's hex revision id there).
+        #[serde(rename = "vsec_revision")]
         revision: u8,
     },
     Aer {

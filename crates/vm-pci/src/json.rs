@@ -26,3 +26,11 @@ pub(crate) fn opt_hex4<S: Serializer>(v: &Option<u16>, s: S) -> Result<S::Ok, S:
         None => s.serialize_none(),
     }
 }
+
+/// A PCI power management state as the spec names it.
+pub(crate) fn power_state<S: Serializer>(v: &u8, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        3 => s.serialize_str("D3hot"),
+        v => s.collect_str(&format_args!("D{v}")),
+    }
+}
