@@ -6,6 +6,8 @@
 //! [`vm_cuda`] (GPU health checks). What this crate adds is the join between them: a PCI
 //! function and the CUDA device that is the same hardware, matched by PCI bus id.
 
+#![deny(missing_docs)]
+
 pub mod attach;
 pub mod lifecycle;
 #[cfg(feature = "cli")]
@@ -24,9 +26,11 @@ use vm_pci::{Bdf, Inventory, PciDevice, SysfsRoot};
 pub enum Error {
     /// Discovery (sysfs) failed.
     #[error(transparent)]
+    /// Discovery or readiness failed.
     Pci(#[from] vm_pci::Error),
     /// CUDA failed (or is not available).
     #[error(transparent)]
+    /// The CUDA driver failed.
     Cuda(#[from] vm_cuda::Error),
     /// Binding to vfio-pci or giving the device back failed.
     #[error(transparent)]
@@ -45,13 +49,16 @@ pub use lifecycle::{prepare, Attached, Prepared, Refused, Released};
 /// the CUDA device.
 #[derive(Debug, Clone, Serialize)]
 pub struct Accelerator {
+    /// The PCI function.
     pub pci: PciDevice,
+    /// The CUDA device on it, when the CUDA driver owns it.
     pub cuda: Option<CudaInfo>,
 }
 
 /// The host's accelerators, and why CUDA devices are missing when they are.
 #[derive(Debug, Clone, Serialize)]
 pub struct Discovery {
+    /// Every PCI accelerator, in address order.
     pub accelerators: Vec<Accelerator>,
     /// CUDA devices whose PCI address matched no accelerator (a capture of another host, or a
     /// device hidden from this sysfs root).

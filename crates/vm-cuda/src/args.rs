@@ -91,6 +91,7 @@ macro_rules! scalar_methods {
 }
 
 impl<'a> KernelArgs<'a> {
+    /// An empty argument list.
     pub fn new() -> Self {
         Self {
             data: Vec::new(),
@@ -132,6 +133,7 @@ impl<'a> KernelArgs<'a> {
         self.metas.len()
     }
 
+    /// No arguments yet.
     pub fn is_empty(&self) -> bool {
         self.metas.is_empty()
     }

@@ -51,7 +51,9 @@ pub struct Context {
 /// Free and total device memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryInfo {
+    /// Free device memory, in bytes.
     pub free_bytes: u64,
+    /// Total device memory, in bytes.
     pub total_bytes: u64,
 }
 
@@ -100,6 +102,7 @@ impl Context {
         }
     }
 
+    /// The device the context belongs to.
     pub fn device(&self) -> Device {
         self.inner.device
     }
@@ -109,6 +112,7 @@ impl Context {
         &self.inner.limits
     }
 
+    /// The raw driver handle.
     pub fn as_raw(&self) -> sys::CUcontext {
         self.inner.raw
     }
@@ -120,6 +124,7 @@ impl Context {
         unsafe { sys::cuCtxSynchronize() }.ok("cuCtxSynchronize")
     }
 
+    /// Free and total memory of the device, as the driver sees it now.
     pub fn memory_info(&self) -> Result<MemoryInfo> {
         self.make_current()?;
         let (mut free, mut total) = (0usize, 0usize);

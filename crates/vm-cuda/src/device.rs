@@ -32,8 +32,11 @@ pub struct Device {
 /// number; GPUs are function 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PciLocation {
+    /// PCI domain.
     pub domain: u32,
+    /// PCI bus.
     pub bus: u8,
+    /// PCI device (slot); CUDA reports no function number.
     pub device: u8,
 }
 
@@ -50,20 +53,26 @@ impl std::fmt::Display for PciLocation {
 /// Launch limits, read once per context and used to validate every launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
+    /// Most threads in one block.
     pub max_threads_per_block: u32,
+    /// Largest block, per dimension.
     pub max_block_dim: [u32; 3],
+    /// Largest grid, per dimension.
     pub max_grid_dim: [u32; 3],
     /// Shared memory a block gets without opting in (48 KiB on every GPU so far).
     pub max_shared_per_block: u32,
     /// Shared memory a block may get after opting in (`Kernel::set_max_dynamic_shared_bytes`).
     pub max_shared_per_block_optin: u32,
+    /// Threads per warp.
     pub warp_size: u32,
 }
 
 /// Everything `vm-accel cuda info` reports about a device.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeviceInfo {
+    /// The CUDA ordinal (CUDA's order, not PCI order).
     pub ordinal: u32,
+    /// Marketing name, e.g. `NVIDIA H200`.
     pub name: String,
     /// `GPU-xxxxxxxx-xxxx-...` as nvidia-smi prints it, when the driver reports one.
     pub uuid: Option<String>,
@@ -74,17 +83,27 @@ pub struct DeviceInfo {
     /// The PCI address as a string (`dddd:bb:dd.0`), `bdf` in JSON.
     #[serde(rename = "bdf")]
     pub pci_bdf: String,
+    /// Device memory, in bytes.
     pub total_memory_bytes: u64,
+    /// Compute capability (major, minor), e.g. (9, 0) for Hopper.
     pub compute_capability: (u32, u32),
+    /// Streaming multiprocessors.
     pub sm_count: u32,
+    /// Peak SM clock, in kHz.
     pub clock_khz: u32,
+    /// Peak memory clock, in kHz.
     pub memory_clock_khz: u32,
+    /// Memory bus width, in bits.
     pub memory_bus_width_bits: u32,
     /// Theoretical memory bandwidth: 2 transfers per clock × clock × bus width.
     pub peak_memory_bandwidth_bytes_per_s: Option<f64>,
+    /// L2 cache size, in bytes.
     pub l2_cache_bytes: u32,
+    /// Copy engines that can overlap with kernels.
     pub async_engine_count: u32,
+    /// ECC is enabled on device memory.
     pub ecc_enabled: bool,
+    /// Launch limits.
     pub limits: Limits,
 }
 
@@ -131,6 +150,7 @@ impl Device {
         (0..Self::count()?).map(Self::get).collect()
     }
 
+    /// The CUDA ordinal.
     pub fn ordinal(&self) -> u32 {
         self.ordinal
     }
@@ -139,6 +159,7 @@ impl Device {
         self.raw
     }
 
+    /// Marketing name, e.g. `NVIDIA H200`.
     pub fn name(&self) -> Result<String> {
         let mut buf = [0 as c_char; 256];
         // SAFETY: the buffer holds `len` bytes; the driver NUL-terminates within it.
@@ -147,6 +168,7 @@ impl Device {
         Ok(c_chars_to_string(&buf))
     }
 
+    /// Device memory, in bytes.
     pub fn total_memory(&self) -> Result<u64> {
         let mut bytes = 0usize;
         // SAFETY: `bytes` is a valid out-pointer.
@@ -167,6 +189,7 @@ impl Device {
         Ok(u32::try_from(self.attribute(attribute)?).unwrap_or(0))
     }
 
+    /// Compute capability (major, minor).
     pub fn compute_capability(&self) -> Result<(u32, u32)> {
         Ok((
             self.attr_u32(sys::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
@@ -174,6 +197,7 @@ impl Device {
         ))
     }
 
+    /// Where the device is on the PCI bus (joins CUDA devices with vm-pci's).
     pub fn pci_location(&self) -> Result<PciLocation> {
         Ok(PciLocation {
             domain: self.attr_u32(sys::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)?,
@@ -198,6 +222,7 @@ impl Device {
         }
     }
 
+    /// Launch limits of the device.
     pub fn limits(&self) -> Result<Limits> {
         use sys::*;
         Ok(Limits {

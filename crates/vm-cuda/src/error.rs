@@ -8,16 +8,27 @@ use std::fmt;
 pub struct DriverCode(pub u32);
 
 impl DriverCode {
+    /// `CUDA_ERROR_INVALID_VALUE`.
     pub const INVALID_VALUE: Self = Self(1);
+    /// `CUDA_ERROR_OUT_OF_MEMORY`.
     pub const OUT_OF_MEMORY: Self = Self(2);
+    /// `CUDA_ERROR_NOT_INITIALIZED`.
     pub const NOT_INITIALIZED: Self = Self(3);
+    /// `CUDA_ERROR_STUB_LIBRARY`: the stub libcuda, not a driver.
     pub const STUB_LIBRARY: Self = Self(34);
+    /// `CUDA_ERROR_INSUFFICIENT_DRIVER`: the driver is older than the API.
     pub const INSUFFICIENT_DRIVER: Self = Self(35);
+    /// `CUDA_ERROR_NO_DEVICE`.
     pub const NO_DEVICE: Self = Self(100);
+    /// `CUDA_ERROR_INVALID_DEVICE`.
     pub const INVALID_DEVICE: Self = Self(101);
+    /// `CUDA_ERROR_INVALID_PTX`.
     pub const INVALID_PTX: Self = Self(218);
+    /// `CUDA_ERROR_NOT_FOUND`.
     pub const NOT_FOUND: Self = Self(500);
+    /// `CUDA_ERROR_NOT_READY`: the work has not finished yet.
     pub const NOT_READY: Self = Self(600);
+    /// `CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`.
     pub const LAUNCH_OUT_OF_RESOURCES: Self = Self(701);
     pub const PEER_ACCESS_ALREADY_ENABLED: Self = Self(704);
     pub const PEER_ACCESS_NOT_ENABLED: Self = Self(705);
@@ -158,7 +169,10 @@ const CODES: &[(u32, &str)] = &[
 pub enum Error {
     /// vm-cuda was built without the `cuda` feature: no CUDA call can be made.
     #[error("{operation}: CUDA support is not built in (enable vm-cuda's `cuda` feature)")]
-    Unsupported { operation: &'static str },
+    Unsupported {
+        /// What was asked for.
+        operation: &'static str,
+    },
 
     /// The NVIDIA driver library could not be loaded (not installed, e.g. a passthrough
     /// host whose GPUs sit on vfio-pci), or lacks an entry point vm-cuda needs.
@@ -168,62 +182,98 @@ pub enum Error {
     /// A driver call failed.
     #[error("{operation} failed: {code}")]
     Driver {
+        /// The driver call.
         operation: &'static str,
+        /// The driver's result code.
         code: DriverCode,
     },
 
     /// PTX did not load; `log` is the JIT compiler's error log.
     #[error("loading PTX module failed: {code}{}", jit_log_suffix(.log))]
-    Jit { code: DriverCode, log: String },
+    Jit {
+        /// The driver's result code.
+        code: DriverCode,
+        /// The JIT compiler's error log.
+        log: String,
+    },
 
     /// The device ordinal is not one of the `count` devices present.
     #[error("CUDA device {ordinal} does not exist ({count} present)")]
-    InvalidDevice { ordinal: u32, count: u32 },
+    InvalidDevice {
+        /// The ordinal asked for.
+        ordinal: u32,
+        /// Devices present.
+        count: u32,
+    },
 
     /// The PTX text could not be parsed (never a panic).
     #[error("PTX line {line}: {message}")]
-    Ptx { line: usize, message: String },
+    Ptx {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong there.
+        message: String,
+    },
 
     /// The module has no `.entry` of this name.
     #[error("kernel `{kernel}` is not in the module")]
-    KernelNotFound { kernel: String },
+    KernelNotFound {
+        /// The name asked for.
+        kernel: String,
+    },
 
     /// The arguments do not match the kernel's PTX signature.
     #[error("kernel `{kernel}`{}: {reason}", param_suffix(.param))]
     KernelArgs {
+        /// The kernel.
         kernel: String,
         /// `index (name)` of the offending parameter, when one is to blame.
         param: Option<String>,
+        /// What does not match.
         reason: String,
     },
 
     /// Grid, block or shared-memory sizes the device or kernel cannot run.
     #[error("kernel `{kernel}`: invalid launch configuration: {reason}")]
-    LaunchConfig { kernel: String, reason: String },
+    LaunchConfig {
+        /// The kernel.
+        kernel: String,
+        /// Which limit is violated.
+        reason: String,
+    },
 
     /// Source and destination of a copy differ in size.
     #[error(
         "{operation}: source has {src} bytes, destination {dst} bytes (copies never truncate)"
     )]
     SizeMismatch {
+        /// The copy.
         operation: &'static str,
+        /// Bytes in the source.
         src: usize,
+        /// Bytes in the destination.
         dst: usize,
     },
 
     /// A sub-range lies outside its buffer.
     #[error("{operation}: range {offset}..{offset}+{len} is outside a buffer of {size} elements")]
     OutOfBounds {
+        /// The operation.
         operation: &'static str,
+        /// First element of the range.
         offset: usize,
+        /// Elements in the range.
         len: usize,
+        /// Elements in the buffer.
         size: usize,
     },
 
     /// An argument no CUDA call should even see.
     #[error("{operation}: {reason}")]
     InvalidArgument {
+        /// The operation.
         operation: &'static str,
+        /// What is wrong with the argument.
         reason: String,
     },
 
@@ -243,7 +293,9 @@ pub enum Error {
     /// Reading a file (PTX) failed.
     #[error("reading {path}: {source}")]
     Io {
+        /// The file.
         path: std::path::PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
 }
@@ -285,6 +337,7 @@ impl Error {
     }
 }
 
+/// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]

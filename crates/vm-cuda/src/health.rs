@@ -62,11 +62,14 @@ impl Default for HealthOptions {
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CheckResult {
+    /// Check id (`ptx_load`, `vec_add`, `memory_pattern`, `d2d_copy`).
     pub name: &'static str,
+    /// The check passed.
     pub passed: bool,
     /// What was measured or what went wrong; `message` in JSON, as in every vm-accel check.
     #[serde(rename = "message")]
     pub detail: String,
+    /// How long it took.
     pub elapsed_ms: f64,
     /// What kind of failure (`null` when passed).
     pub failure: Option<Failure>,
@@ -117,25 +120,33 @@ impl Verdict {
 /// Bandwidth figures of the `d2d_copy` check.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Bandwidth {
+    /// Bytes per copy.
     pub copy_bytes: u64,
     /// Bytes copied per second (each byte is read once and written once).
     pub copied_gbs: f64,
     /// Read plus write traffic per second: comparable with the memory's peak.
     pub traffic_gbs: f64,
+    /// Theoretical memory bandwidth, when the driver reports clock and bus width.
     pub peak_gbs: Option<f64>,
+    /// `traffic_gbs / peak_gbs`.
     pub fraction_of_peak: Option<f64>,
 }
 
 /// The whole health check of one device.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HealthReport {
+    /// The device checked.
     pub device: DeviceInfo,
     /// CUDA driver API version (major, minor); `"13.0"` in JSON, as `cuda info` prints it.
     #[serde(serialize_with = "version_string")]
     pub driver_version: (u32, u32),
+    /// Every check, in the order run.
     pub checks: Vec<CheckResult>,
+    /// Device memory the pattern test wrote and verified, in bytes.
     pub tested_memory_bytes: u64,
+    /// Copy bandwidth, when the copy check ran.
     pub bandwidth: Option<Bandwidth>,
+    /// Every check passed.
     pub passed: bool,
     /// `healthy`, `unhealthy` or `busy` (see [`Verdict`]).
     pub verdict: Verdict,

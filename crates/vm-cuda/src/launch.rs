@@ -6,12 +6,16 @@ use crate::error::{Error, Result};
 /// Grid or block dimensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Dim3 {
+    /// Extent along x.
     pub x: u32,
+    /// Extent along y.
     pub y: u32,
+    /// Extent along z.
     pub z: u32,
 }
 
 impl Dim3 {
+    /// One along every dimension.
     pub const ONE: Self = Self { x: 1, y: 1, z: 1 };
 
     /// x × y × z (no overflow: computed in u64).
@@ -39,7 +43,9 @@ impl From<(u32, u32, u32)> for Dim3 {
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaunchConfig {
+    /// Blocks in the grid.
     pub grid: Dim3,
+    /// Threads in a block.
     pub block: Dim3,
     /// Dynamic shared memory per block, in bytes. Above 48 KiB the kernel must opt in
     /// first (`Kernel::set_max_dynamic_shared_bytes`).
@@ -47,6 +53,7 @@ pub struct LaunchConfig {
 }
 
 impl LaunchConfig {
+    /// A launch of `grid` blocks of `block` threads, without dynamic shared memory.
     pub fn new(grid: impl Into<Dim3>, block: impl Into<Dim3>) -> Self {
         Self {
             grid: grid.into(),
@@ -55,6 +62,7 @@ impl LaunchConfig {
         }
     }
 
+    /// Sets the dynamic shared memory per block.
     pub fn with_shared_mem(mut self, bytes: u32) -> Self {
         self.shared_mem_bytes = bytes;
         self
@@ -81,8 +89,11 @@ impl LaunchConfig {
 /// (registers cap its threads per block; its dynamic shared memory limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelLimits {
+    /// The device's limits.
     pub device: Limits,
+    /// Most threads per block for this kernel (its register use permitting).
     pub max_threads_per_block: u32,
+    /// Dynamic shared memory this kernel may use now.
     pub max_dynamic_shared_bytes: u32,
 }
 

@@ -28,6 +28,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod all_gpus;
 pub mod args;
 pub mod context;

@@ -105,14 +105,17 @@ impl<T: Pod> DeviceBuffer<T> {
         Ok(b)
     }
 
+    /// Elements.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// No elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Bytes.
     pub fn byte_len(&self) -> usize {
         self.len * std::mem::size_of::<T>()
     }
@@ -122,6 +125,7 @@ impl<T: Pod> DeviceBuffer<T> {
         self.ptr
     }
 
+    /// The context the memory belongs to.
     pub fn context(&self) -> &Context {
         &self.ctx
     }
@@ -551,10 +555,12 @@ impl<T: Pod> PinnedBuffer<T> {
         Ok(b)
     }
 
+    /// Elements.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// No elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -19,6 +19,7 @@ pub struct JitOptions {
     pub optimization_level: Option<u32>,
     /// Register cap per thread.
     pub max_registers: Option<u32>,
+    /// Emit line information for profilers.
     pub generate_line_info: bool,
     /// Also collect the JIT's info log (kept in [`Module::info_log`]).
     pub info_log: bool,
@@ -189,6 +190,7 @@ impl Module {
         }
     }
 
+    /// The context the module is loaded in.
     pub fn context(&self) -> &Context {
         &self.inner.ctx
     }
@@ -236,13 +238,19 @@ impl Module {
 pub struct FunctionAttributes {
     /// Most threads per block this kernel can launch with (registers permitting).
     pub max_threads_per_block: u32,
+    /// Registers per thread.
     pub num_regs: u32,
+    /// Statically allocated shared memory, in bytes.
     pub static_shared_bytes: u32,
+    /// Constant memory, in bytes.
     pub const_bytes: u32,
+    /// Local memory per thread, in bytes.
     pub local_bytes: u32,
     /// Current dynamic shared memory limit (raised by `set_max_dynamic_shared_bytes`).
     pub max_dynamic_shared_bytes: u32,
+    /// PTX ISA version it was compiled from (major × 10 + minor).
     pub ptx_version: u32,
+    /// Binary (SASS) architecture version (major × 10 + minor).
     pub binary_version: u32,
 }
 
@@ -284,6 +292,7 @@ unsafe impl Send for Kernel {}
 unsafe impl Sync for Kernel {}
 
 impl Kernel {
+    /// The kernel's name (its `.entry`).
     pub fn name(&self) -> &str {
         &self.sig.name
     }
@@ -294,14 +303,17 @@ impl Kernel {
         self.raw
     }
 
+    /// Its parameters, parsed from the PTX.
     pub fn signature(&self) -> &KernelSignature {
         &self.sig
     }
 
+    /// Its attributes as the driver reports them.
     pub fn attributes(&self) -> &FunctionAttributes {
         &self.attributes
     }
 
+    /// What bounds its launches.
     pub fn limits(&self) -> &KernelLimits {
         &self.limits
     }

@@ -15,21 +15,37 @@ pub const MAX_PARAM_BYTES: usize = 32_764;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[non_exhaustive]
 pub enum ParamType {
+    /// `.u8`.
     U8,
+    /// `.u16`.
     U16,
+    /// `.u32`.
     U32,
+    /// `.u64`.
     U64,
+    /// `.s8`.
     S8,
+    /// `.s16`.
     S16,
+    /// `.s32`.
     S32,
+    /// `.s64`.
     S64,
+    /// `.b8`.
     B8,
+    /// `.b16`.
     B16,
+    /// `.b32`.
     B32,
+    /// `.b64`.
     B64,
+    /// `.f16`.
     F16,
+    /// `.bf16`.
     Bf16,
+    /// `.f32`.
     F32,
+    /// `.f64`.
     F64,
     /// `.texref`, `.samplerref`, `.surfref`: 64-bit opaque handles.
     Opaque,
@@ -83,6 +99,7 @@ impl ParamType {
         }
     }
 
+    /// Unsigned, signed, untyped bits or floating point.
     pub fn class(self) -> TypeClass {
         use ParamType::*;
         match self {
@@ -120,7 +137,9 @@ impl ParamType {
 /// One kernel parameter.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Param {
+    /// The parameter's name in the PTX.
     pub name: String,
+    /// Its type.
     pub ty: ParamType,
     /// `Some(K)` for an array `name[K]`: how nvcc passes structs (`.align N .b8 name[K]`).
     pub array_len: Option<usize>,
@@ -161,7 +180,9 @@ impl fmt::Display for Param {
 /// A kernel's name and parameters, in order.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KernelSignature {
+    /// The `.entry` name.
     pub name: String,
+    /// Its parameters, in order.
     pub params: Vec<Param>,
 }
 

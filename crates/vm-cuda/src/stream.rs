@@ -38,6 +38,7 @@ unsafe impl Send for Stream {}
 unsafe impl Sync for Stream {}
 
 impl Stream {
+    /// A stream in `ctx`.
     pub fn new(ctx: &Context, opts: StreamOptions) -> Result<Self> {
         let (least, greatest) = ctx.stream_priority_range()?;
         if opts.priority < greatest || opts.priority > least {
@@ -64,10 +65,12 @@ impl Stream {
         })
     }
 
+    /// The context the stream belongs to.
     pub fn context(&self) -> &Context {
         &self.ctx
     }
 
+    /// The raw driver handle.
     pub fn as_raw(&self) -> sys::CUstream {
         self.raw
     }
@@ -94,6 +97,7 @@ impl Stream {
         unsafe { sys::cuStreamWaitEvent(self.raw, event.raw, 0) }.ok("cuStreamWaitEvent")
     }
 
+    /// The stream's priority (lower numbers run first).
     pub fn priority(&self) -> Result<i32> {
         let mut p: c_int = 0;
         // SAFETY: valid out-pointer, live stream.
@@ -157,6 +161,7 @@ unsafe impl Send for Event {}
 unsafe impl Sync for Event {}
 
 impl Event {
+    /// An event in `ctx`.
     pub fn new(ctx: &Context, opts: EventOptions) -> Result<Self> {
         ctx.make_current()?;
         let mut flags = 0;

@@ -25,7 +25,9 @@ pub const ROM_INDEX: usize = 6;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BarSpace {
+    /// I/O port space.
     Io,
+    /// Memory space (MMIO).
     Memory,
 }
 
@@ -34,11 +36,17 @@ pub enum BarSpace {
 pub struct Bar {
     /// Line number in `resource`: 0-5 BARs, 6 ROM, 7-12 SR-IOV VF BARs.
     pub index: usize,
+    /// Bus address the BAR is assigned (from `resource`).
     pub address: u64,
+    /// Size in bytes.
     pub size: u64,
+    /// Memory or I/O space.
     pub space: BarSpace,
+    /// A 64-bit memory BAR (it takes two BAR slots).
     pub is_64bit: bool,
+    /// Prefetchable memory (may be mapped write-combined).
     pub prefetchable: bool,
+    /// Assigned but disabled (a ROM BAR whose enable bit is clear).
     pub disabled: bool,
 }
 

@@ -34,15 +34,19 @@ impl Bdf {
             function,
         })
     }
+    /// PCI domain (segment).
     pub const fn domain(self) -> u32 {
         self.domain
     }
+    /// Bus number.
     pub const fn bus(self) -> u8 {
         self.bus
     }
+    /// Device (slot) number, 0..=31.
     pub const fn device(self) -> u8 {
         self.device
     }
+    /// Function number, 0..=7.
     pub const fn function(self) -> u8 {
         self.function
     }

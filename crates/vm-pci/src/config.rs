@@ -32,24 +32,31 @@ fn le32(b: &[u8], off: usize) -> Option<u32> {
 }
 
 impl ConfigSpace {
+    /// Wraps bytes read from `config` (64, 256 or 4096 of them).
     pub fn new(bytes: Vec<u8>) -> Self {
         ConfigSpace { bytes }
     }
+    /// Bytes available.
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
+    /// Nothing could be read.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
+    /// The raw bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// The byte at `off`, `None` past the end.
     pub fn u8(&self, off: usize) -> Option<u8> {
         self.bytes.get(off).copied()
     }
+    /// The little-endian word at `off`, `None` past the end.
     pub fn u16(&self, off: usize) -> Option<u16> {
         le16(&self.bytes, off)
     }
+    /// The little-endian dword at `off`, `None` past the end.
     pub fn u32(&self, off: usize) -> Option<u32> {
         le32(&self.bytes, off)
     }
@@ -57,15 +64,19 @@ impl ConfigSpace {
     pub fn is_truncated(&self) -> bool {
         self.bytes.len() < LEGACY_LEN
     }
+    /// Vendor id (offset 0).
     pub fn vendor_id(&self) -> Option<u16> {
         self.u16(0x00)
     }
+    /// Device id (offset 2).
     pub fn device_id(&self) -> Option<u16> {
         self.u16(0x02)
     }
+    /// Command register (offset 4).
     pub fn command(&self) -> Option<u16> {
         self.u16(0x04)
     }
+    /// Status register (offset 6).
     pub fn status(&self) -> Option<u16> {
         self.u16(0x06)
     }
@@ -73,6 +84,7 @@ impl ConfigSpace {
     pub fn header_type(&self) -> Option<u8> {
         self.u8(0x0e).map(|h| h & 0x7f)
     }
+    /// Header type bit 7: the device has more than one function.
     pub fn is_multifunction(&self) -> Option<bool> {
         self.u8(0x0e).map(|h| h & 0x80 != 0)
     }
@@ -188,7 +200,9 @@ impl ConfigSpace {
 /// Both capability lists and whatever made the walk stop early.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CapabilityList {
+    /// Standard capabilities, in list order.
     pub standard: Vec<Capability>,
+    /// Extended (PCIe) capabilities, in list order.
     pub extended: Vec<ExtCapability>,
     /// Non-fatal problems (loops, bad pointers, short reads); the lists hold what was read
     /// before them.
@@ -200,30 +214,36 @@ impl CapabilityList {
         log::warn!("config space: {w}");
         self.warnings.push(w);
     }
+    /// The first standard capability with this id.
     pub fn find(&self, id: u8) -> Option<&Capability> {
         self.standard.iter().find(|c| c.id == id)
     }
+    /// The first extended capability with this id.
     pub fn find_ext(&self, id: u16) -> Option<&ExtCapability> {
         self.extended.iter().find(|c| c.id == id)
     }
+    /// The decoded PCI Express capability.
     pub fn pcie(&self) -> Option<&PcieCap> {
         self.standard.iter().find_map(|c| match &c.detail {
             CapDetail::Pcie(p) => Some(p),
             _ => None,
         })
     }
+    /// The decoded MSI-X capability.
     pub fn msix(&self) -> Option<&MsixCap> {
         self.standard.iter().find_map(|c| match &c.detail {
             CapDetail::Msix(m) => Some(m),
             _ => None,
         })
     }
+    /// The decoded ACS capability.
     pub fn acs(&self) -> Option<&AcsCap> {
         self.extended.iter().find_map(|c| match &c.detail {
             ExtDetail::Acs(a) => Some(a),
             _ => None,
         })
     }
+    /// The decoded SR-IOV capability.
     pub fn sriov(&self) -> Option<&SriovCap> {
         self.extended.iter().find_map(|c| match &c.detail {
             ExtDetail::Sriov(s) => Some(s),
@@ -235,13 +255,17 @@ impl CapabilityList {
 /// A standard (8-bit id) capability.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Capability {
+    /// Offset in config space.
     pub offset: u16,
     #[serde(serialize_with = "crate::json::hex2")]
+    /// Capability id (0x01 PM, 0x05 MSI, 0x10 PCIe, 0x11 MSI-X...).
     pub id: u8,
+    /// Decoded fields, when vm-pci decodes this id.
     pub detail: CapDetail,
 }
 
 impl Capability {
+    /// The capability's name as lspci prints it.
     pub fn name(&self) -> &'static str {
         std_cap_name(self.id)
     }
@@ -251,16 +275,22 @@ impl Capability {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CapDetail {
+    /// Power management (id 0x01).
     PowerManagement(PmCap),
+    /// MSI (id 0x05).
     Msi(MsiCap),
+    /// MSI-X (id 0x11).
     Msix(MsixCap),
+    /// PCI Express (id 0x10).
     Pcie(PcieCap),
     /// Known id without decoded fields, or bytes missing.
     Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Power management capability.
 pub struct PmCap {
+    /// Capability version (PMC bits 2:0).
     pub version: u8,
     /// Current power state, 0..=3 for D0..D3hot (`"D0"`..`"D3hot"` in JSON, where `state`
     /// is a word in every document).
@@ -271,26 +301,39 @@ pub struct PmCap {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// MSI capability.
 pub struct MsiCap {
+    /// MSI is enabled.
     pub enabled: bool,
+    /// Vectors the device can request.
     pub vectors: u8,
+    /// 64-bit message address.
     pub is_64bit: bool,
+    /// Per-vector masking.
     pub per_vector_mask: bool,
 }
 
 /// Where an MSI-X structure (table or PBA) lives: BAR index (BIR) and offset in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct BarLocation {
+    /// BAR index (BIR).
     pub bar: u8,
+    /// Byte offset in the BAR.
     pub offset: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// MSI-X capability.
 pub struct MsixCap {
+    /// MSI-X is enabled.
     pub enabled: bool,
+    /// All vectors are masked.
     pub function_mask: bool,
+    /// Number of table entries (vectors).
     pub table_size: u16,
+    /// Where the vector table lives.
     pub table: BarLocation,
+    /// Where the pending-bit array lives.
     pub pba: BarLocation,
 }
 
@@ -309,15 +352,25 @@ impl MsixCap {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PortType {
+    /// PCI Express endpoint.
     Endpoint,
+    /// Legacy PCI Express endpoint.
     LegacyEndpoint,
+    /// Root port of a root complex.
     RootPort,
+    /// Upstream port of a switch.
     UpstreamSwitchPort,
+    /// Downstream port of a switch.
     DownstreamSwitchPort,
+    /// PCI Express to PCI/PCI-X bridge.
     PcieToPciBridge,
+    /// PCI/PCI-X to PCI Express bridge.
     PciToPcieBridge,
+    /// Root-complex integrated endpoint.
     RcIntegratedEndpoint,
+    /// Root-complex event collector.
     RcEventCollector,
+    /// A value the spec reserves.
     Reserved(u8),
 }
 
@@ -343,17 +396,25 @@ impl PortType {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// PCI Express capability (the parts vm-accel uses).
 pub struct PcieCap {
+    /// Capability version.
     pub version: u8,
+    /// Device/port type.
     pub port_type: PortType,
+    /// A slot is attached (the port leads to a physical slot).
     pub slot_implemented: bool,
     /// Function Level Reset supported (Device Capabilities bit 28).
     pub flr: bool,
+    /// Maximum payload size supported, in bytes.
     pub max_payload: u16,
     /// Link capabilities: max speed as a generation (1 = 2.5 GT/s ... 6 = 64 GT/s), width.
     pub link_max_gen: Option<u8>,
+    /// Maximum link width (lanes), from the link capabilities.
     pub link_max_width: Option<u8>,
+    /// Negotiated link generation, from the link status.
     pub link_gen: Option<u8>,
+    /// Negotiated link width, from the link status.
     pub link_width: Option<u8>,
 }
 
@@ -428,14 +489,19 @@ fn decode_pcie(b: &[u8], at: usize) -> Option<PcieCap> {
 /// An extended (16-bit id) capability.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExtCapability {
+    /// Offset in config space (0x100 or above).
     pub offset: u16,
     #[serde(serialize_with = "crate::json::hex4")]
+    /// Extended capability id (0x0001 AER, 0x000d ACS, 0x0010 SR-IOV...).
     pub id: u16,
+    /// Capability version.
     pub version: u8,
+    /// Decoded fields, when vm-pci decodes this id.
     pub detail: ExtDetail,
 }
 
 impl ExtCapability {
+    /// The capability's name as lspci prints it.
     pub fn name(&self) -> &'static str {
         ext_cap_name(self.id)
     }
@@ -443,55 +509,82 @@ impl ExtCapability {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+/// Decoded contents of the extended capabilities vm-accel cares about.
 pub enum ExtDetail {
+    /// Access Control Services.
     Acs(AcsCap),
+    /// Single Root I/O Virtualization.
     Sriov(SriovCap),
+    /// Resizable BAR.
     ResizableBar {
+        /// One entry per resizable BAR.
         bars: Vec<ResizableBarEntry>,
     },
+    /// Alternative Routing-ID Interpretation.
     Ari {
+        /// Next function number in the ARI chain.
         next_function: u8,
     },
+    /// Designated vendor-specific capability.
     Dvsec {
         #[serde(serialize_with = "crate::json::hex4")]
+        /// The vendor that defines it.
         vendor: u16,
         /// `dvsec_revision` in JSON (`revision` is the function's hex revision id there).
         #[serde(rename = "dvsec_revision")]
         revision: u8,
         #[serde(serialize_with = "crate::json::hex4")]
+        /// The vendor's id for it.
         dvsec_id: u16,
     },
+    /// Vendor-specific capability.
     Vsec {
         #[serde(serialize_with = "crate::json::hex4")]
+        /// The vendor's id for it.
         vsec_id: u16,
         /// `vsec_revision` in JSON (`revision` is the function's hex revision id there).
         #[serde(rename = "vsec_revision")]
         revision: u8,
     },
+    /// Advanced Error Reporting: the status registers now.
     Aer {
+        /// Uncorrectable error status bits.
         uncorrectable_status: u32,
+        /// Correctable error status bits.
         correctable_status: u32,
     },
+    /// Device serial number.
     SerialNumber {
+        /// The 64-bit serial number.
         serial: u64,
     },
+    /// Known id without decoded fields, or bytes missing.
     Other,
 }
 
 /// Access Control Services: which controls the port offers and which are enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct AcsCap {
+    /// Controls the port implements (ACS capability register).
     pub capability: u16,
+    /// Controls enabled now (ACS control register).
     pub control: u16,
 }
 
 impl AcsCap {
+    /// ACS source validation.
     pub const SOURCE_VALIDATION: u16 = 1 << 0;
+    /// ACS translation blocking.
     pub const TRANSLATION_BLOCKING: u16 = 1 << 1;
+    /// ACS peer-to-peer request redirect.
     pub const P2P_REQUEST_REDIRECT: u16 = 1 << 2;
+    /// ACS peer-to-peer completion redirect.
     pub const P2P_COMPLETION_REDIRECT: u16 = 1 << 3;
+    /// ACS upstream forwarding.
     pub const UPSTREAM_FORWARDING: u16 = 1 << 4;
+    /// ACS peer-to-peer egress control.
     pub const P2P_EGRESS_CONTROL: u16 = 1 << 5;
+    /// ACS direct translated peer-to-peer.
     pub const DIRECT_TRANSLATED_P2P: u16 = 1 << 6;
     /// What the kernel needs enabled on a downstream port to isolate what is below it
     /// (pci_acs_enabled: SV, RR, CR, UF).
@@ -504,6 +597,7 @@ impl AcsCap {
     pub fn missing_isolation(&self) -> u16 {
         Self::ISOLATION & !self.control
     }
+    /// The short names (as lspci prints them) of the controls set in `bits`.
     pub fn control_names(bits: u16) -> Vec<&'static str> {
         const NAMES: [&str; 7] = [
             "SrcValid",
@@ -524,22 +618,33 @@ impl AcsCap {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// SR-IOV capability.
 pub struct SriovCap {
+    /// VFs initially associated with the PF.
     pub initial_vfs: u16,
+    /// VFs the PF supports.
     pub total_vfs: u16,
+    /// VFs enabled now.
     pub num_vfs: u16,
+    /// Routing-id offset of the first VF.
     pub vf_offset: u16,
+    /// Routing-id distance between VFs.
     pub vf_stride: u16,
     #[serde(serialize_with = "crate::json::hex4")]
+    /// Device id of the VFs.
     pub vf_device_id: u16,
+    /// VF Enable is set.
     pub vf_enabled: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// One resizable BAR: which sizes it supports and the size now.
 pub struct ResizableBarEntry {
+    /// BAR index.
     pub bar: u8,
     /// Supported sizes as a bit mask: bit n = 2^(n+20) bytes (1 MiB .. 128 TiB).
     pub supported_sizes: u64,
+    /// Size programmed now, in bytes.
     pub current_size: u64,
 }
 

@@ -14,49 +14,70 @@ use crate::Bdf;
 /// Everything vm-accel knows about a PCI function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PciDevice {
+    /// The function's address.
     pub bdf: Bdf,
     #[serde(serialize_with = "crate::json::hex4")]
+    /// Vendor id (`vendor`).
     pub vendor_id: u16,
     #[serde(serialize_with = "crate::json::hex4")]
+    /// Device id (`device`).
     pub device_id: u16,
+    /// Vendor name from the PCI ID database (`None` when unknown).
     pub vendor_name: Option<&'static str>,
+    /// Device name from the PCI ID database (`None` when unknown).
     pub device_name: Option<&'static str>,
     #[serde(serialize_with = "crate::json::opt_hex4")]
+    /// Subsystem vendor id, when sysfs has one.
     pub subsystem_vendor_id: Option<u16>,
     #[serde(serialize_with = "crate::json::opt_hex4")]
+    /// Subsystem device id, when sysfs has one.
     pub subsystem_device_id: Option<u16>,
+    /// Subsystem name from the PCI ID database.
     pub subsystem_name: Option<&'static str>,
+    /// The 24-bit class code.
     pub class: ClassCode,
+    /// What the class code means to vm-accel.
     pub class_kind: ClassKind,
+    /// Class name as lspci prints it.
     pub class_name: &'static str,
     #[serde(serialize_with = "crate::json::opt_hex2")]
+    /// Revision id, when readable.
     pub revision: Option<u8>,
     /// Kernel driver bound now (`None`: unbound).
     pub driver: Option<String>,
     /// `driver_override` (`None` when unset, which the kernel prints as `(null)`).
     pub driver_override: Option<String>,
+    /// IOMMU group number (`None`: no IOMMU, or the device is not isolated by one).
     pub iommu_group: Option<u32>,
     /// NUMA node (`None` when the kernel reports -1: no affinity).
     pub numa_node: Option<u32>,
+    /// CPUs local to the device's NUMA node (`local_cpulist`).
     pub local_cpus: Option<String>,
+    /// PCIe link state (`None` for conventional PCI).
     pub link: Option<LinkInfo>,
     /// Reset methods the kernel can use, in its order of preference (`flr`, `pm`, `bus`...).
     pub reset_methods: Vec<String>,
+    /// The firmware's boot display device (its framebuffer backs the console).
     pub boot_vga: bool,
+    /// SR-IOV state of a physical function.
     pub sriov: Option<SriovInfo>,
     /// For an SR-IOV VF: its physical function.
     pub physfn: Option<Bdf>,
     /// Standard BARs 0-5 (assigned ones only).
     pub bars: Vec<Bar>,
+    /// The expansion ROM BAR, when assigned.
     pub rom: Option<Bar>,
     /// SR-IOV VF BARs of a PF (resource lines 7-12).
     pub vf_bars: Vec<Bar>,
+    /// Power state as sysfs names it (`D0`, `D3hot`...).
     pub power_state: Option<String>,
+    /// Legacy interrupt line (`irq`), when the kernel assigned one.
     pub irq: Option<u32>,
     /// Header type (0 endpoint, 1 bridge, 2 CardBus); `None` when config is unreadable.
     pub header_type: Option<u8>,
     /// Bytes of config space read (64 when unprivileged, or with [`ConfigRead::Header`]).
     pub config_len: usize,
+    /// Decoded capabilities (empty when only the header could be read).
     pub capabilities: CapabilityList,
     /// The sysfs directory the device was read from (a path under the root).
     #[serde(skip)]
@@ -66,9 +87,13 @@ pub struct PciDevice {
 /// PCIe link state as sysfs reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LinkInfo {
+    /// Current link speed as sysfs prints it (`16.0 GT/s PCIe`).
     pub current_speed: Option<String>,
+    /// Current link width (lanes).
     pub current_width: Option<u8>,
+    /// Maximum link speed both ends support.
     pub max_speed: Option<String>,
+    /// Maximum link width.
     pub max_width: Option<u8>,
 }
 
@@ -89,24 +114,33 @@ fn speed_value(s: &str) -> f64 {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// SR-IOV state of a physical function, from sysfs and its SR-IOV capability.
 pub struct SriovInfo {
+    /// VFs the device supports (`sriov_totalvfs`).
     pub total_vfs: u16,
+    /// VFs enabled now (`sriov_numvfs`).
     pub num_vfs: u16,
+    /// Routing-id offset of the first VF (`sriov_offset`).
     pub vf_offset: Option<u16>,
+    /// Routing-id distance between VFs (`sriov_stride`).
     pub vf_stride: Option<u16>,
     #[serde(serialize_with = "crate::json::opt_hex4")]
+    /// Device id of the VFs (`sriov_vf_device`).
     pub vf_device_id: Option<u16>,
     /// The VFs that exist now (from the `virtfnN` links).
     pub vfs: Vec<Bdf>,
 }
 
 impl PciDevice {
+    /// Display, 3D, processing-accelerator or co-processor class.
     pub fn is_accelerator(&self) -> bool {
         self.class.is_accelerator()
     }
+    /// A bridge by class or by header type.
     pub fn is_bridge(&self) -> bool {
         self.class.is_bridge() || self.header_type == Some(1)
     }
+    /// The largest assigned standard BAR (the one a VMM must find MMIO room for).
     pub fn largest_bar(&self) -> Option<&Bar> {
         self.bars.iter().max_by_key(|b| b.size)
     }

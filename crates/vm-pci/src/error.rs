@@ -10,16 +10,28 @@ pub enum Error {
     /// A file or directory could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
     /// A file was read but its contents are not what the kernel writes there.
     #[error("malformed {path}: {reason}")]
-    Malformed { path: PathBuf, reason: String },
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its contents.
+        reason: String,
+    },
     /// No such PCI function under this sysfs root.
     #[error("no PCI device {bdf} under {root}")]
-    NoDevice { bdf: Bdf, root: PathBuf },
+    NoDevice {
+        /// The address asked for.
+        bdf: Bdf,
+        /// The sysfs root searched.
+        root: PathBuf,
+    },
 }
 
 impl Error {
@@ -41,4 +53,5 @@ impl Error {
     }
 }
 
+/// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -66,6 +66,7 @@ impl ConfigBuilder {
         self
     }
 
+    /// Adds a power-management capability.
     pub fn power_management(&mut self, no_soft_reset: bool) -> &mut Self {
         self.push_std(
             0x01,
@@ -73,6 +74,7 @@ impl ConfigBuilder {
         )
     }
 
+    /// Adds a 64-bit MSI capability with 2^`vectors_log2` vectors.
     pub fn msi(&mut self, vectors_log2: u8) -> &mut Self {
         let ctl: u16 = 0x80 | u16::from(vectors_log2 & 7) << 1;
         let mut body = vec![0u8; 12];
@@ -94,6 +96,7 @@ impl ConfigBuilder {
         self.push_std(0x10, &body)
     }
 
+    /// Adds an MSI-X capability: table and PBA as BAR index and offset.
     pub fn msix(
         &mut self,
         vectors: u16,
@@ -109,6 +112,7 @@ impl ConfigBuilder {
         self.push_std(0x11, &body)
     }
 
+    /// Adds an ACS extended capability with every control offered and `control` enabled.
     pub fn acs(&mut self, control: u16) -> &mut Self {
         let mut body = vec![0u8; 4];
         body[0..2].copy_from_slice(&0x7fu16.to_le_bytes());
@@ -116,10 +120,12 @@ impl ConfigBuilder {
         self.push_ext(0x000d, 1, &body)
     }
 
+    /// Adds an AER extended capability.
     pub fn aer(&mut self) -> &mut Self {
         self.push_ext(0x0001, 2, &[0u8; 0x44])
     }
 
+    /// Adds an SR-IOV extended capability.
     pub fn sriov(&mut self, total_vfs: u16, num_vfs: u16, vf_device: u16) -> &mut Self {
         let mut body = vec![0u8; 0x3c];
         body[4..6].copy_from_slice(&u16::from(num_vfs > 0).to_le_bytes());
@@ -132,10 +138,12 @@ impl ConfigBuilder {
         self.push_ext(0x0010, 1, &body)
     }
 
+    /// Adds an ARI extended capability.
     pub fn ari(&mut self) -> &mut Self {
         self.push_ext(0x000e, 1, &[0u8; 4])
     }
 
+    /// Adds a resizable-BAR extended capability.
     pub fn resizable_bar(
         &mut self,
         bar: u8,
@@ -154,6 +162,7 @@ impl ConfigBuilder {
         &mut self.bytes
     }
 
+    /// The config space image.
     pub fn build(&self) -> Vec<u8> {
         self.bytes.clone()
     }
@@ -162,21 +171,33 @@ impl ConfigBuilder {
 /// One device to place in a tree.
 #[derive(Debug, Clone)]
 pub struct DeviceSpec {
+    /// The function's address.
     pub bdf: Bdf,
     /// Bridge above it (its sysfs directory nests under the bridge's), `None`: root bus.
     pub parent: Option<Bdf>,
+    /// Vendor id.
     pub vendor: u16,
+    /// Device id.
     pub device: u16,
+    /// 24-bit class code.
     pub class: u32,
+    /// Bound driver (`None`: unbound).
     pub driver: Option<String>,
+    /// IOMMU group (`None`: no IOMMU).
     pub iommu_group: Option<u32>,
+    /// Contents of `config`.
     pub config: Vec<u8>,
     /// Contents of `resource` (lines of `start end flags`).
     pub resource: String,
+    /// Contents of `reset_method` (`None`: no such file).
     pub reset_method: Option<String>,
+    /// Contents of `boot_vga`.
     pub boot_vga: bool,
+    /// Contents of `numa_node` (-1: no affinity).
     pub numa_node: i32,
+    /// Contents of `sriov_totalvfs` (`None`: not a PF).
     pub sriov_totalvfs: Option<u16>,
+    /// For a VF: its PF, which gets a `virtfnN` link to it.
     pub physfn: Option<Bdf>,
 }
 
@@ -223,14 +244,17 @@ impl DeviceSpec {
         }
     }
 
+    /// Binds it to driver `d`.
     pub fn driver(mut self, d: &str) -> Self {
         self.driver = Some(d.into());
         self
     }
+    /// Puts it in IOMMU group `g`.
     pub fn group(mut self, g: u32) -> Self {
         self.iommu_group = Some(g);
         self
     }
+    /// Nests it below bridge `p`.
     pub fn parent(mut self, p: Bdf) -> Self {
         self.parent = Some(p);
         self
@@ -284,10 +308,12 @@ impl TreeBuilder {
         })
     }
 
+    /// The tree's root directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// Sets the captured kernel command line (`cmdline`).
     pub fn cmdline(&mut self, line: &str) -> io::Result<&mut Self> {
         std::fs::write(self.root.join("cmdline"), format!("{line}\n"))?;
         Ok(self)
@@ -310,6 +336,7 @@ impl TreeBuilder {
         Ok(self)
     }
 
+    /// Registers a PCI driver (`bus/pci/drivers/<name>`).
     pub fn driver(&mut self, name: &str) -> io::Result<&mut Self> {
         std::fs::create_dir_all(self.root.join("bus/pci/drivers").join(name))?;
         Ok(self)
@@ -331,6 +358,7 @@ impl TreeBuilder {
         base.join(bdf.to_string())
     }
 
+    /// Writes one device: attributes, config, links to driver and IOMMU group.
     pub fn device(&mut self, spec: &DeviceSpec) -> io::Result<&mut Self> {
         let dir = self.device_path(spec.bdf, spec.parent);
         std::fs::create_dir_all(&dir)?;

@@ -12,10 +12,12 @@ pub fn vendor_name(vendor: u16) -> Option<&'static str> {
     pci_ids::Vendor::from_id(vendor).map(|v| v.name())
 }
 
+/// Device name from the PCI ID database.
 pub fn device_name(vendor: u16, device: u16) -> Option<&'static str> {
     pci_ids::Device::from_vid_pid(vendor, device).map(|d| d.name())
 }
 
+/// Subsystem name from the PCI ID database.
 pub fn subsystem_name(
     vendor: u16,
     device: u16,
@@ -36,18 +38,31 @@ pub struct ClassCode(u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClassKind {
+    /// VGA-compatible display controller (0300).
     VgaController,
+    /// 3D controller (0302), e.g. data-center GPUs.
     Display3d,
+    /// Any other display controller.
     DisplayOther,
+    /// Processing accelerator (12xx).
     ProcessingAccelerator,
+    /// Co-processor (0b40).
     Coprocessor,
+    /// Host bridge (0600).
     HostBridge,
+    /// PCI-to-PCI bridge (0604).
     PciBridge,
+    /// Any other bridge.
     OtherBridge,
+    /// Network controller.
     Network,
+    /// Mass storage controller.
     Storage,
+    /// Multimedia controller (audio, video).
     Multimedia,
+    /// Serial bus controller (USB...).
     SerialBus,
+    /// Anything else.
     Other,
 }
 
@@ -60,19 +75,24 @@ impl ClassCode {
             Some(ClassCode(raw))
         }
     }
+    /// The 24-bit value.
     pub const fn raw(self) -> u32 {
         self.0
     }
+    /// Base class (bits 23:16).
     pub const fn base(self) -> u8 {
         (self.0 >> 16) as u8
     }
+    /// Subclass (bits 15:8).
     pub const fn sub(self) -> u8 {
         (self.0 >> 8) as u8
     }
+    /// Programming interface (bits 7:0).
     pub const fn prog_if(self) -> u8 {
         self.0 as u8
     }
 
+    /// What the class means to vm-accel.
     pub fn kind(self) -> ClassKind {
         match (self.base(), self.sub()) {
             (0x03, 0x00) => ClassKind::VgaController,

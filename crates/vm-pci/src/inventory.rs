@@ -17,18 +17,23 @@ pub struct Inventory {
     pub devices: Vec<PciDevice>,
     /// Devices whose sysfs entries could not be read or decoded: listed, not fatal.
     pub unreadable: Vec<Unreadable>,
+    /// The host's IOMMU: units, kernel parameters, interrupt remapping.
     pub iommu: IommuInfo,
+    /// IOMMU groups by number.
     pub groups: BTreeMap<u32, IommuGroup>,
     /// Kernel release (`uname -r`, or the capture's `kernel-release`).
     pub kernel_release: Option<String>,
     #[serde(skip)]
+    /// The sysfs root that was scanned.
     pub root: SysfsRoot,
 }
 
 /// A device entry that exists but could not be read.
 #[derive(Debug, Clone, Serialize)]
 pub struct Unreadable {
+    /// The `bus/pci/devices` entry name.
     pub entry: String,
+    /// Why it could not be read.
     pub error: String,
 }
 
@@ -101,6 +106,7 @@ impl Inventory {
         })
     }
 
+    /// The device at `bdf`, if scanned.
     pub fn device(&self, bdf: Bdf) -> Option<&PciDevice> {
         self.devices
             .binary_search_by_key(&bdf, |d| d.bdf)
@@ -116,6 +122,7 @@ impl Inventory {
         })
     }
 
+    /// The IOMMU group of `bdf`, if it has one.
     pub fn group_of(&self, bdf: Bdf) -> Option<&IommuGroup> {
         self.groups.get(&self.device(bdf)?.iommu_group?)
     }
@@ -173,13 +180,21 @@ impl Inventory {
 /// A device and the driver it is bound to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupMember {
+    /// The member's address.
     pub bdf: Bdf,
+    /// Its host driver (`None`: unbound).
     pub driver: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
+/// Whether VFIO can use an IOMMU group now (every endpoint on vfio-pci or unbound).
 pub enum Viability {
+    /// Every endpoint is on vfio-pci or has no driver.
     Viable,
-    NotViable { bound_to_host: Vec<GroupMember> },
+    /// Some endpoints are still bound to host drivers.
+    NotViable {
+        /// Those endpoints, with their drivers.
+        bound_to_host: Vec<GroupMember>,
+    },
 }

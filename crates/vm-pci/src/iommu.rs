@@ -18,6 +18,7 @@ pub struct IommuInfo {
     pub group_count: usize,
     /// IOMMU-related kernel parameters seen on the command line.
     pub cmdline_flags: Vec<String>,
+    /// Whether interrupt remapping is on, with the evidence.
     pub interrupt_remapping: InterruptRemapping,
 }
 
@@ -52,22 +53,27 @@ pub struct IommuGroup {
     /// the number has everywhere else.
     #[serde(rename = "iommu_group")]
     pub id: u32,
+    /// Every function in the group.
     pub devices: Vec<Bdf>,
     /// Default domain type (`DMA`, `DMA-FQ`, `identity`, `blocked`), if the kernel says.
     pub kind: Option<String>,
+    /// IOVA ranges the IOMMU reserves for this group.
     pub reserved_regions: Vec<ReservedRegion>,
 }
 
 /// An IOVA range the IOMMU reserves (MSI window, RMRRs...): never map guest RAM there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReservedRegion {
+    /// First reserved IOVA.
     pub start: u64,
     /// Inclusive end, as the kernel prints it.
     pub end: u64,
+    /// What the range is for (`msi`, `direct`, `reserved`...).
     pub kind: String,
 }
 
 impl ReservedRegion {
+    /// Whether `[start, start + len)` touches this region.
     pub fn overlaps(&self, start: u64, len: u64) -> bool {
         len > 0 && start <= self.end && start.saturating_add(len - 1) >= self.start
     }

@@ -12,6 +12,8 @@
 //! # Ok::<(), vm_pci::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod bar;
 mod bdf;
 pub mod config;

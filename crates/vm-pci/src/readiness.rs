@@ -17,9 +17,13 @@ use crate::Bdf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
+/// How a check came out.
 pub enum Level {
+    /// Nothing in the way.
     Pass,
+    /// Works, with a caveat, or something `vm-accel bind` will fix.
     Warn,
+    /// Passthrough is refused until this is fixed.
     Fail,
 }
 
@@ -38,7 +42,9 @@ impl std::fmt::Display for Level {
 pub struct Check {
     /// Stable identifier (part of the JSON schema).
     pub id: &'static str,
+    /// How it came out.
     pub level: Level,
+    /// The reason, in words.
     pub message: String,
 }
 

@@ -24,9 +24,11 @@ impl Default for SysfsRoot {
 const MAX_LINK_FILE: u64 = 4096;
 
 impl SysfsRoot {
+    /// A root at `path` (`/sys` for the live host).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SysfsRoot { path: path.into() }
     }
+    /// The root directory.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -12,6 +12,8 @@
 //!   the IOMMU's ranges or into reserved regions, unmapping exactly on drop), route
 //!   INTx/MSI/MSI-X to eventfds, reset.
 
+#![deny(missing_docs)]
+
 pub mod access;
 pub mod bind;
 

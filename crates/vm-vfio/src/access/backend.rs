@@ -35,6 +35,7 @@ pub enum BackendChoice {
     /// iommufd where it is available (no 65535-mapping limit), else legacy.
     #[default]
     Auto,
+    /// This backend, or an error when the host cannot provide it.
     Force(BackendKind),
 }
 
@@ -43,9 +44,11 @@ pub enum BackendChoice {
 pub struct Availability {
     /// This build has the iommufd path (`iommufd` feature).
     pub iommufd_built: bool,
+    /// `/dev/iommu` exists (the iommufd path is possible).
     pub dev_iommu: bool,
     /// `/dev/vfio/devices/vfioN` for the device (from `<dev>/vfio-dev/vfioN`).
     pub cdev: Option<PathBuf>,
+    /// `/dev/vfio/vfio` exists (the legacy container path is possible).
     pub container: bool,
     /// `/dev/vfio/<group>`.
     pub group_dev: Option<PathBuf>,
@@ -194,6 +197,7 @@ impl IommuContext {
         }
     }
 
+    /// Which VFIO path this context uses.
     pub fn kind(&self) -> BackendKind {
         self.kind
     }

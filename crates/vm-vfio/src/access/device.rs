@@ -23,12 +23,17 @@ use crate::bind::Paths;
 /// What `VFIO_DEVICE_GET_INFO` and the per-index queries report.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceInfo {
+    /// `VFIO_DEVICE_FLAGS_*`.
     pub flags: u32,
+    /// Regions the device has.
     pub num_regions: u32,
+    /// Interrupt indexes the device has.
     pub num_irqs: u32,
     /// `VFIO_DEVICE_RESET` is available (the kernel found a reset method).
     pub reset: bool,
+    /// Every region, by index.
     pub regions: Vec<RegionInfo>,
+    /// Every interrupt index.
     pub irqs: Vec<IrqInfo>,
 }
 
@@ -194,18 +199,23 @@ impl Device {
         })
     }
 
+    /// The device's address.
     pub fn bdf(&self) -> Bdf {
         self.bdf
     }
+    /// Which VFIO path opened it.
     pub fn backend(&self) -> BackendKind {
         self.ctx.kind()
     }
+    /// The IOMMU context it is attached to (shared by the devices of one VM).
     pub fn context(&self) -> &Arc<IommuContext> {
         &self.ctx
     }
+    /// What the kernel reported when it was opened.
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }
+    /// Its IOMMU group number, when sysfs names one.
     pub fn iommu_group(&self) -> Option<u32> {
         self.iommu_group
     }
@@ -214,10 +224,12 @@ impl Device {
     pub fn vfio(&self) -> &vfio_ioctls::VfioDevice {
         &self.dev
     }
+    /// The device file descriptor (for KVM's VFIO device, say).
     pub fn raw_fd(&self) -> RawFd {
         self.dev.as_raw_fd()
     }
 
+    /// The region at `index`, or an error naming the device when it has none.
     pub fn region(&self, index: RegionIndex) -> Result<&RegionInfo> {
         self.info
             .regions
@@ -226,6 +238,7 @@ impl Device {
             .ok_or_else(|| self.invalid(format!("{index}"), "the device has no such region"))
     }
 
+    /// The interrupt index `index`, or an error naming the device when it has none.
     pub fn irq(&self, index: IrqIndex) -> Result<&IrqInfo> {
         self.info
             .irqs
@@ -278,22 +291,27 @@ impl Device {
         std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.dev.as_raw_fd()) })
     }
 
+    /// Reads config space at `off` into `buf`; a short read is an error.
     pub fn read_config(&self, off: u64, buf: &mut [u8]) -> Result<()> {
         self.read_region(RegionIndex::Config, off, buf)
     }
+    /// Writes `buf` to config space at `off`; a short write is an error.
     pub fn write_config(&self, off: u64, buf: &[u8]) -> Result<()> {
         self.write_region(RegionIndex::Config, off, buf)
     }
+    /// The little-endian word at config offset `off`.
     pub fn config_u16(&self, off: u64) -> Result<u16> {
         let mut b = [0u8; 2];
         self.read_config(off, &mut b)?;
         Ok(u16::from_le_bytes(b))
     }
+    /// The little-endian dword at config offset `off`.
     pub fn config_u32(&self, off: u64) -> Result<u32> {
         let mut b = [0u8; 4];
         self.read_config(off, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
+    /// Writes a little-endian word at config offset `off`.
     pub fn set_config_u16(&self, off: u64, v: u16) -> Result<()> {
         self.write_config(off, &v.to_le_bytes())
     }
@@ -528,15 +546,19 @@ impl Device {
             },
         )
     }
+    /// Routes INTx to `fd` (unmask it with [`Device::unmask`] after each interrupt).
     pub fn enable_intx(&self, fd: &EventFd) -> Result<()> {
         self.enable_irqs(IrqIndex::Intx, &[fd])
     }
+    /// Routes MSI vector N to `fds[N]`.
     pub fn enable_msi(&self, fds: &[&EventFd]) -> Result<()> {
         self.enable_irqs(IrqIndex::Msi, fds)
     }
+    /// Routes MSI-X vector N to `fds[N]`.
     pub fn enable_msix(&self, fds: &[&EventFd]) -> Result<()> {
         self.enable_irqs(IrqIndex::Msix, fds)
     }
+    /// Tears down every vector of `index`.
     pub fn disable_irqs(&self, index: IrqIndex) -> Result<()> {
         self.set_irqs(index, &IrqSet::Disable)
     }
@@ -551,6 +573,7 @@ impl Device {
             },
         )
     }
+    /// Unmasks `vector` of `index` (INTx after each interrupt; MSI/MSI-X cannot be masked this way).
     pub fn unmask(&self, index: IrqIndex, vector: u32) -> Result<()> {
         self.set_irqs(
             index,
@@ -746,6 +769,7 @@ impl Drop for DmaMapping {
 /// One mmap'ed part of a BAR; unmapped on drop.
 #[derive(Debug)]
 pub struct BarMapping {
+    /// The BAR index.
     pub bar: u8,
     /// Offset of this part within the BAR.
     pub offset: u64,
@@ -759,9 +783,11 @@ unsafe impl Send for BarMapping {}
 unsafe impl Sync for BarMapping {}
 
 impl BarMapping {
+    /// Bytes mapped.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Nothing is mapped.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -787,16 +813,19 @@ impl BarMapping {
         self.at(off, 4)
             .map(|p| unsafe { std::ptr::read_volatile(p.cast::<u32>()) })
     }
+    /// A 32-bit MMIO write at BAR offset `off` (aligned, inside this part).
     pub fn write_u32(&self, off: u64, v: u32) -> Option<()> {
         // SAFETY: aligned and in bounds; volatile because this is device memory.
         self.at(off, 4)
             .map(|p| unsafe { std::ptr::write_volatile(p.cast::<u32>(), v) })
     }
+    /// A 64-bit MMIO read at BAR offset `off` (aligned, inside this part).
     pub fn read_u64(&self, off: u64) -> Option<u64> {
         // SAFETY: aligned and in bounds; volatile because this is device memory.
         self.at(off, 8)
             .map(|p| unsafe { std::ptr::read_volatile(p.cast::<u64>()) })
     }
+    /// A 64-bit MMIO write at BAR offset `off` (aligned, inside this part).
     pub fn write_u64(&self, off: u64, v: u64) -> Option<()> {
         // SAFETY: aligned and in bounds; volatile because this is device memory.
         self.at(off, 8)

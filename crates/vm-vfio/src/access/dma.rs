@@ -19,6 +19,7 @@ impl Iova {
     pub const fn from_gpa(gpa: Gpa) -> Iova {
         Iova(gpa.0)
     }
+    /// The address as a number.
     pub const fn raw(self) -> u64 {
         self.0
     }
@@ -38,7 +39,9 @@ impl fmt::Display for Gpa {
 /// An inclusive IOVA interval `[start, last]` (the kernel's form: `last` may be u64::MAX).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct IovaRange {
+    /// First address.
     pub start: u64,
+    /// Last address (inclusive).
     pub last: u64,
 }
 
@@ -52,6 +55,7 @@ impl IovaRange {
                 .checked_add(len - 1)
                 .is_some_and(|end| end <= self.last)
     }
+    /// Whether `[iova, iova + len)` touches the range (a zero-length range never does).
     pub fn overlaps(&self, iova: Iova, len: u64) -> bool {
         len != 0 && {
             let end = iova.0.saturating_add(len - 1);
@@ -70,7 +74,9 @@ impl fmt::Display for IovaRange {
 /// `reserved_regions`; `kind` is the kernel's word (msi, direct, reserved...).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Reserved {
+    /// The addresses reserved.
     pub range: IovaRange,
+    /// What for (msi, direct, reserved...).
     pub kind: String,
 }
 
@@ -92,6 +98,7 @@ impl From<&vm_pci::ReservedRegion> for Reserved {
 pub struct IovaSpace {
     /// Empty when the kernel did not report ranges (then only `reserved` constrains).
     pub ranges: Vec<IovaRange>,
+    /// Ranges no map may touch.
     pub reserved: Vec<Reserved>,
     /// Minimum alignment of a map's IOVA and length (1 = any).
     pub alignment: u64,
@@ -101,40 +108,70 @@ pub struct IovaSpace {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MapRefused {
     #[error("zero-length map at {0}")]
+    /// A map of zero bytes.
     Empty(Iova),
     #[error("{iova} + {len:#x} wraps around the address space")]
-    Wraps { iova: Iova, len: u64 },
-    #[error("{iova} + {len:#x} is not aligned to the IOMMU's {alignment:#x}-byte pages")]
-    Unaligned {
+    /// The range runs past the end of the address space.
+    Wraps {
+        /// Start of the refused map.
         iova: Iova,
+        /// Its length in bytes.
         len: u64,
+    },
+    #[error("{iova} + {len:#x} is not aligned to the IOMMU's {alignment:#x}-byte pages")]
+    /// Address or length is not a multiple of the IOMMU's page size.
+    Unaligned {
+        /// Start of the refused map.
+        iova: Iova,
+        /// Its length in bytes.
+        len: u64,
+        /// The IOMMU's smallest page size.
         alignment: u64,
     },
     #[error("{iova} + {len:#x} is outside the IOMMU's usable IOVA ranges ({ranges})")]
+    /// The range is not inside any usable IOVA range.
     OutsideRanges {
+        /// Start of the refused map.
         iova: Iova,
+        /// Its length in bytes.
         len: u64,
+        /// The usable ranges, as text.
         ranges: String,
     },
     #[error("{iova} + {len:#x} overlaps the reserved {kind} region {range}")]
+    /// The range touches a reserved region.
     Reserved {
+        /// Start of the refused map.
         iova: Iova,
+        /// Its length in bytes.
         len: u64,
+        /// What the region is for.
         kind: String,
+        /// The reserved region.
         range: IovaRange,
     },
     #[error("{iova} + {len:#x} overlaps {other} + {other_len:#x} of the same request")]
+    /// Two maps of one request overlap.
     Overlap {
+        /// Start of the refused map.
         iova: Iova,
+        /// Its length in bytes.
         len: u64,
+        /// Start of the map it overlaps.
         other: Iova,
+        /// That map's length.
         other_len: u64,
     },
     #[error("{iova} + {len:#x} overlaps {other} + {other_len:#x}, already mapped in this IOMMU context (map guest memory once per context, not once per device)")]
+    /// The range overlaps a map this IOMMU context already holds.
     AlreadyMapped {
+        /// Start of the refused map.
         iova: Iova,
+        /// Its length in bytes.
         len: u64,
+        /// Start of the existing map.
         other: Iova,
+        /// That map's length.
         other_len: u64,
     },
 }

@@ -21,41 +21,59 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Errors of VFIO device access; each names the device and the operation.
 pub enum Error {
     /// A system call failed (the io::Error carries the errno).
     #[error("{device}: {op}: {source}")]
     Os {
+        /// The device (its BDF).
         device: String,
+        /// The operation.
         op: String,
         #[source]
+        /// The OS error.
         source: io::Error,
     },
     /// vfio-ioctls reported a failure.
     #[error("{device}: {op}: {}", chain(source))]
     Vfio {
+        /// The device (its BDF).
         device: String,
+        /// The operation.
         op: String,
         #[source]
+        /// vfio-ioctls' error.
         source: vfio_ioctls::VfioError,
     },
     /// The request is not valid for this device (out of range, unsupported...).
     #[error("{device}: {op}: {reason}")]
     Invalid {
+        /// The device (its BDF).
         device: String,
+        /// The operation.
         op: String,
+        /// Why it is not valid.
         reason: String,
     },
     /// A DMA map refused before reaching the IOMMU.
     #[error("{device}: {op}: {source}")]
     MapRefused {
+        /// The device (its BDF).
         device: String,
+        /// The operation.
         op: String,
         #[source]
+        /// Why the map was refused.
         source: MapRefused,
     },
     /// Neither VFIO path can open the device.
     #[error("{device}: no usable VFIO backend: {reason}")]
-    NoBackend { device: String, reason: String },
+    NoBackend {
+        /// The device (its BDF).
+        device: String,
+        /// Why each path is unusable.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -81,4 +99,5 @@ impl Error {
     }
 }
 
+/// The result type of VFIO access.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

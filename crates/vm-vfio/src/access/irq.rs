@@ -8,8 +8,11 @@ use std::os::fd::RawFd;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IrqIndex {
+    /// Legacy line interrupt.
     Intx,
+    /// MSI.
     Msi,
+    /// MSI-X.
     Msix,
     /// AER error notification.
     Err,
@@ -18,6 +21,7 @@ pub enum IrqIndex {
 }
 
 impl IrqIndex {
+    /// Every index, in kernel order.
     pub const ALL: [IrqIndex; 5] = [
         IrqIndex::Intx,
         IrqIndex::Msi,
@@ -25,6 +29,7 @@ impl IrqIndex {
         IrqIndex::Err,
         IrqIndex::Req,
     ];
+    /// The kernel's index number.
     pub fn raw(self) -> u32 {
         match self {
             IrqIndex::Intx => 0,
@@ -50,23 +55,30 @@ impl fmt::Display for IrqIndex {
 
 /// `VFIO_IRQ_INFO_*`.
 pub const INFO_EVENTFD: u32 = 1;
+/// `VFIO_IRQ_INFO_MASKABLE`.
 pub const INFO_MASKABLE: u32 = 2;
+/// `VFIO_IRQ_INFO_AUTOMASKED`.
 pub const INFO_AUTOMASKED: u32 = 4;
+/// `VFIO_IRQ_INFO_NORESIZE`.
 pub const INFO_NORESIZE: u32 = 8;
 
 /// What `VFIO_DEVICE_GET_IRQ_INFO` reports for one index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct IrqInfo {
+    /// The interrupt index.
     pub index: IrqIndex,
+    /// `VFIO_IRQ_INFO_*` flags.
     pub flags: u32,
     /// Vectors offered (0: the device has none of this kind).
     pub count: u32,
 }
 
 impl IrqInfo {
+    /// Vectors can be masked through `VFIO_DEVICE_SET_IRQS`.
     pub fn maskable(&self) -> bool {
         self.flags & INFO_MASKABLE != 0
     }
+    /// The kernel masks the line when it fires (INTx): unmask after handling.
     pub fn automasked(&self) -> bool {
         self.flags & INFO_AUTOMASKED != 0
     }
@@ -74,10 +86,15 @@ impl IrqInfo {
 
 /// `VFIO_IRQ_SET_*`.
 pub const SET_DATA_NONE: u32 = 1;
+/// `VFIO_IRQ_SET_DATA_BOOL`.
 pub const SET_DATA_BOOL: u32 = 2;
+/// `VFIO_IRQ_SET_DATA_EVENTFD`.
 pub const SET_DATA_EVENTFD: u32 = 4;
+/// `VFIO_IRQ_SET_ACTION_MASK`.
 pub const SET_ACTION_MASK: u32 = 8;
+/// `VFIO_IRQ_SET_ACTION_UNMASK`.
 pub const SET_ACTION_UNMASK: u32 = 16;
+/// `VFIO_IRQ_SET_ACTION_TRIGGER`.
 pub const SET_ACTION_TRIGGER: u32 = 32;
 /// `sizeof(struct vfio_irq_set)` without data.
 pub const IRQ_SET_LEN: usize = 20;
@@ -87,23 +104,32 @@ pub const IRQ_SET_LEN: usize = 20;
 pub enum IrqSet {
     /// Attach eventfds to vectors `start..`; `None` detaches that vector (fd -1).
     Eventfds {
+        /// First vector.
         start: u32,
+        /// One eventfd per vector from `start`.
         fds: Vec<Option<RawFd>>,
     },
     /// Tear down every vector of the index.
     Disable,
     /// Mask / unmask `count` vectors from `start`.
     Mask {
+        /// First vector.
         start: u32,
+        /// Number of vectors.
         count: u32,
     },
+    /// Unmask `count` vectors from `start`.
     Unmask {
+        /// First vector.
         start: u32,
+        /// Number of vectors.
         count: u32,
     },
     /// Fire `count` vectors from `start` from software (loopback test of the eventfd path).
     Trigger {
+        /// First vector.
         start: u32,
+        /// Number of vectors.
         count: u32,
     },
     /// Unmask vector `vector` whenever `fd` is signalled (INTx: KVM's resample eventfd

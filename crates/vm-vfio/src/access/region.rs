@@ -11,8 +11,11 @@ use vm_pci::config::MsixCap;
 
 /// `VFIO_REGION_INFO_FLAG_*`.
 pub const FLAG_READ: u32 = 1;
+/// `VFIO_REGION_INFO_FLAG_WRITE`.
 pub const FLAG_WRITE: u32 = 2;
+/// `VFIO_REGION_INFO_FLAG_MMAP`.
 pub const FLAG_MMAP: u32 = 4;
+/// `VFIO_REGION_INFO_FLAG_CAPS`.
 pub const FLAG_CAPS: u32 = 8;
 const CAP_SPARSE_MMAP: u16 = 1;
 const CAP_TYPE: u16 = 2;
@@ -23,16 +26,22 @@ pub const REGION_INFO_LEN: usize = 32;
 /// The PCI region indexes of vfio-pci.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum RegionIndex {
+    /// BAR 0..=5.
     Bar(u8),
+    /// The expansion ROM.
     Rom,
+    /// PCI config space.
     Config,
+    /// Legacy VGA ranges.
     Vga,
     /// Device-specific regions beyond the fixed ones.
     Other(u32),
 }
 
 impl RegionIndex {
+    /// The config-space region's index number.
     pub const CONFIG: u32 = 7;
+    /// The region for the kernel's index number.
     pub fn from_raw(i: u32) -> RegionIndex {
         match i {
             0..=5 => RegionIndex::Bar(i as u8),
@@ -42,6 +51,7 @@ impl RegionIndex {
             n => RegionIndex::Other(n),
         }
     }
+    /// The kernel's index number.
     pub fn raw(self) -> u32 {
         match self {
             RegionIndex::Bar(b) => u32::from(b),
@@ -68,11 +78,14 @@ impl fmt::Display for RegionIndex {
 /// A byte range `[offset, offset + size)` within a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Area {
+    /// Start, from the region's start.
     pub offset: u64,
+    /// Length in bytes.
     pub size: u64,
 }
 
 impl Area {
+    /// First byte past the area.
     pub fn end(&self) -> u64 {
         self.offset + self.size
     }
@@ -81,8 +94,11 @@ impl Area {
 /// One region as the kernel describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RegionInfo {
+    /// Which region.
     pub index: RegionIndex,
+    /// `VFIO_REGION_INFO_FLAG_*`.
     pub flags: u32,
+    /// Size in bytes.
     pub size: u64,
     /// Offset of the region in the device file (for pread/pwrite/mmap).
     pub offset: u64,
@@ -95,12 +111,15 @@ pub struct RegionInfo {
 }
 
 impl RegionInfo {
+    /// The region can be read.
     pub fn readable(&self) -> bool {
         self.flags & FLAG_READ != 0
     }
+    /// The region can be written.
     pub fn writable(&self) -> bool {
         self.flags & FLAG_WRITE != 0
     }
+    /// The region (or parts of it) can be mmap'ed.
     pub fn mmappable(&self) -> bool {
         self.flags & FLAG_MMAP != 0
     }

@@ -148,6 +148,7 @@ pub struct HotResetDep {
     pub bdf: String,
     /// IOMMU group (legacy) or iommufd device id (cdev, with `devid` true).
     pub id: u32,
+    /// `id` is an iommufd device id rather than a group.
     pub devid: bool,
 }
 

@@ -14,12 +14,21 @@ use std::path::{Path, PathBuf};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum KernelOp {
     /// Write `value` to the sysfs attribute at `path`.
-    Write { path: PathBuf, value: String },
+    Write {
+        /// The attribute file.
+        path: PathBuf,
+        /// What is written to it.
+        value: String,
+    },
     /// Load a kernel module (`modprobe NAME`).
-    LoadModule { module: String },
+    LoadModule {
+        /// The module name.
+        module: String,
+    },
 }
 
 impl KernelOp {
+    /// A write of `value` to `path`.
     pub fn write(path: impl Into<PathBuf>, value: impl Into<String>) -> KernelOp {
         KernelOp::Write {
             path: path.into(),
@@ -46,6 +55,7 @@ impl fmt::Display for KernelOp {
 /// Applies [`KernelOp`]s. Implementations must either apply an op or return an error; the
 /// caller verifies the outcome by reading sysfs back, never by trusting `Ok`.
 pub trait Kernel {
+    /// Performs `op`; an error leaves the kernel as it was.
     fn apply(&mut self, op: &KernelOp) -> io::Result<()>;
 }
 

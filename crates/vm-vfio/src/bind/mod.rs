@@ -27,29 +27,51 @@ pub use state::{DriverState, Paths, VFIO_PCI};
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     #[error("{bdf}: `{op}` failed: {source}")]
+    /// A write or module load failed.
     Op {
+        /// The device.
         bdf: Bdf,
+        /// The operation.
         op: KernelOp,
         #[source]
+        /// The OS error.
         source: io::Error,
     },
     #[error("{bdf}: cannot read its driver state: {source}")]
+    /// The device's driver state could not be read.
     Read {
+        /// The device.
         bdf: Bdf,
         #[source]
+        /// The OS error.
         source: io::Error,
     },
     #[error("the vfio-pci driver is not available: {reason}")]
-    Module { reason: String },
+    /// vfio-pci cannot be loaded.
+    Module {
+        /// Why it could not be loaded or is missing.
+        reason: String,
+    },
     #[error("{bdf}: expected driver {want} within {timeout:?}, found {found}")]
+    /// The device did not end on the expected driver in time.
     Verify {
+        /// The device.
         bdf: Bdf,
+        /// The driver it should have.
         want: String,
+        /// What it has.
         found: DriverState,
+        /// How long it was given.
         timeout: Duration,
     },
     #[error("{bdf}: its original driver {driver} is no longer registered (module unloaded?); load it and run `vm-accel restore`")]
-    DriverGone { bdf: Bdf, driver: String },
+    /// The original driver disappeared, so the device cannot go back to it.
+    DriverGone {
+        /// The device.
+        bdf: Bdf,
+        /// The driver that is no longer registered.
+        driver: String,
+    },
 }
 
 impl StepError {
@@ -76,36 +98,66 @@ fn list(errs: &[StepError]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("refusing to bind {bdf} to vfio-pci: {}", reasons.join("; "))]
-    Refused { bdf: Bdf, reasons: Vec<String> },
+    /// A readiness check failed; nothing was written.
+    Refused {
+        /// The device asked for.
+        bdf: Bdf,
+        /// Each failed readiness check, in words.
+        reasons: Vec<String>,
+    },
     #[error("{bdf}: cannot read sysfs: {source}")]
+    /// Sysfs could not be read.
     Read {
+        /// The device.
         bdf: Bdf,
         #[source]
+        /// The OS error.
         source: io::Error,
     },
     #[error(transparent)]
+    /// The record or the lock failed.
     Record(#[from] RecordError),
     #[error("binding {bdf} failed: {cause}; {}", if rollback_failures.is_empty() {
         "rolled back: every device is on its original driver".to_string()
     } else {
         format!("ROLLBACK INCOMPLETE ({}); the record is kept for `vm-accel restore`", list(rollback_failures))
     })]
+    /// A step failed; what was done was rolled back (or the record kept for restore).
     Failed {
+        /// The device asked for.
         bdf: Bdf,
         #[source]
+        /// The step that failed.
         cause: Box<StepError>,
+        /// Undo steps that failed too (empty: fully rolled back).
         rollback_failures: Vec<StepError>,
     },
     #[error("{bdf} was not bound by vm-accel (no record under {dir}); it has {state}")]
+    /// Unbind of a device vm-accel did not bind.
     NotRecorded {
+        /// The device.
         bdf: Bdf,
+        /// The run directory searched.
         dir: PathBuf,
+        /// Its driver state now.
         state: DriverState,
     },
     #[error("an earlier vm-accel operation on {bdf} did not finish ({phase:?}); run `vm-accel restore` first")]
-    Interrupted { bdf: Bdf, phase: Phase },
+    /// An earlier operation on the device did not finish.
+    Interrupted {
+        /// The device asked for.
+        bdf: Bdf,
+        /// Where the earlier operation stopped.
+        phase: Phase,
+    },
     #[error("returning {bdf} to its original drivers failed: {}; the record is kept for `vm-accel restore`", list(failures))]
-    ReleaseFailed { bdf: Bdf, failures: Vec<StepError> },
+    /// Returning the devices to their drivers failed.
+    ReleaseFailed {
+        /// The device asked for.
+        bdf: Bdf,
+        /// Every step that failed.
+        failures: Vec<StepError>,
+    },
 }
 
 /// What `prepare` will do with one device of the group.
@@ -123,8 +175,11 @@ pub enum Action {
 /// One device of the group in a [`BindPlan`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PlannedDevice {
+    /// The device.
     pub bdf: Bdf,
+    /// Its driver and driver_override now.
     pub original: DriverState,
+    /// What bind does with it.
     pub action: Action,
     /// The writes, in order (empty unless `action` is `Bind`).
     pub ops: Vec<KernelOp>,
@@ -133,12 +188,15 @@ pub struct PlannedDevice {
 /// Everything `prepare` would do, computed from the current sysfs state without changing it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BindPlan {
+    /// The device asked for.
     pub target: Bdf,
+    /// Its IOMMU group.
     pub iommu_group: Option<u32>,
     /// Why binding is refused; empty when it may go ahead.
     pub refusals: Vec<String>,
     /// `modprobe vfio-pci` is needed first.
     pub load_module: bool,
+    /// Every device of the group, the target first.
     pub devices: Vec<PlannedDevice>,
 }
 
@@ -174,7 +232,9 @@ impl BindPlan {
 /// A device's state before and after an operation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceOutcome {
+    /// The device.
     pub bdf: Bdf,
+    /// Its state before.
     pub before: DriverState,
     /// `None` when the device is no longer on the bus.
     pub after: Option<DriverState>,
@@ -183,11 +243,15 @@ pub struct DeviceOutcome {
 /// What `prepare`/`release` did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Outcome {
+    /// The device asked for.
     pub target: Bdf,
+    /// Its IOMMU group.
     pub iommu_group: Option<u32>,
     /// False when there was nothing to do (already bound, or bound by someone else).
     pub changed: bool,
+    /// Each device changed (or looked at), in order.
     pub devices: Vec<DeviceOutcome>,
+    /// Why nothing changed, when nothing did.
     pub note: Option<String>,
 }
 
@@ -288,12 +352,15 @@ impl<K: Kernel> Binder<K> {
         self.readiness = hook;
         self
     }
+    /// Where the binder reads and writes sysfs.
     pub fn paths(&self) -> &Paths {
         &self.paths
     }
+    /// The record and lock store.
     pub fn store(&self) -> &RecordStore {
         &self.store
     }
+    /// The kernel the binder drives (tests inject faults through it).
     pub fn kernel_mut(&mut self) -> &mut K {
         &mut self.kernel
     }

@@ -25,20 +25,33 @@ const RECORD_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("{path}: {source}")]
+    /// The file could not be read or written.
     Io {
+        /// The file.
         path: PathBuf,
         #[source]
+        /// The OS error.
         source: io::Error,
     },
     #[error("{path}: not a vm-accel binding record: {reason}")]
-    Malformed { path: PathBuf, reason: String },
+    /// The record is not one vm-accel wrote.
+    Malformed {
+        /// The record file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     #[error(
         "another vm-accel process{} holds {path}; waited {waited:?} (bindings are changed by one process at a time)",
         holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]
+    /// Another process held the lock too long.
     Locked {
+        /// The lock file.
         path: PathBuf,
+        /// The process holding it, when known.
         holder: Option<u32>,
+        /// How long this process waited.
         waited: Duration,
     },
 }
@@ -65,7 +78,9 @@ pub enum Phase {
 /// A device vm-accel changed, with what it had before.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceRecord {
+    /// The device.
     pub bdf: Bdf,
+    /// Its driver and driver_override before vm-accel changed it.
     pub original: DriverState,
 }
 
@@ -73,9 +88,13 @@ pub struct DeviceRecord {
 /// the order they were changed.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BindingRecord {
+    /// The device asked for.
     pub target: Bdf,
+    /// Its IOMMU group.
     pub iommu_group: Option<u32>,
+    /// How far the operation got.
     pub phase: Phase,
+    /// The devices changed, in order.
     pub devices: Vec<DeviceRecord>,
     /// The process that made it (diagnostics only).
     pub pid: u32,
@@ -84,18 +103,23 @@ pub struct BindingRecord {
 }
 
 impl BindingRecord {
+    /// Whether `bdf` is the target or one of the changed devices.
     pub fn contains(&self, bdf: Bdf) -> bool {
         self.target == bdf || self.devices.iter().any(|d| d.bdf == bdf)
     }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What `/run/vm-accel/bindings.json` holds: every binding not yet released.
 pub struct Record {
+    /// Format version.
     pub version: u32,
+    /// Bindings not yet released, oldest first.
     pub bindings: Vec<BindingRecord>,
 }
 
 impl Record {
+    /// The binding that involves `bdf`.
     pub fn find(&self, bdf: Bdf) -> Option<&BindingRecord> {
         self.bindings.iter().find(|b| b.contains(bdf))
     }
@@ -116,6 +140,7 @@ pub struct LockGuard {
 }
 
 impl RecordStore {
+    /// A store in `dir` (created on first write).
     pub fn new(dir: impl Into<PathBuf>) -> RecordStore {
         RecordStore {
             dir: dir.into(),
@@ -127,12 +152,15 @@ impl RecordStore {
         self.lock_timeout = t;
         self
     }
+    /// The run directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// `<dir>/bindings.json`.
     pub fn record_path(&self) -> PathBuf {
         self.dir.join(RECORD_FILE)
     }
+    /// `<dir>/lock`.
     pub fn lock_path(&self) -> PathBuf {
         self.dir.join(LOCK_FILE)
     }

@@ -21,14 +21,19 @@ use super::state::{parse_override, Paths, VFIO_PCI};
 /// A PCI function of a simulated host.
 #[derive(Debug, Clone)]
 pub struct SimDevice {
+    /// The function's address.
     pub bdf: Bdf,
+    /// Vendor id.
     pub vendor: u16,
+    /// Device id.
     pub device: u16,
     /// 24-bit class code (0x030200 = 3D controller, 0x060400 = PCI bridge).
     pub class: u32,
+    /// IOMMU group (`None`: no IOMMU).
     pub iommu_group: Option<u32>,
     /// The driver bound when the host is built.
     pub driver: Option<String>,
+    /// `driver_override` when the host is built (`None`: `(null)`).
     pub driver_override: Option<String>,
     /// The driver the kernel would pick by ID table on a probe without override.
     pub native_driver: Option<String>,
@@ -93,12 +98,14 @@ pub struct SimHost {
 }
 
 impl SimHost {
+    /// A host with no devices, where `modprobe vfio-pci` works.
     pub fn new() -> SimHost {
         SimHost {
             available: [VFIO_PCI.to_string()].into(),
             ..SimHost::default()
         }
     }
+    /// Adds a device.
     pub fn device(mut self, d: SimDevice) -> SimHost {
         self.devices.push(d);
         self
@@ -261,6 +268,7 @@ fn errno(e: i32, what: impl std::fmt::Display) -> io::Error {
 }
 
 impl SimKernel {
+    /// The tree's paths.
     pub fn paths(&self) -> &Paths {
         &self.paths
     }
@@ -268,6 +276,7 @@ impl SimKernel {
     pub fn inject(&mut self, step: usize, fault: Fault) {
         self.faults.insert(step, fault);
     }
+    /// Removes every injected fault.
     pub fn clear_faults(&mut self) {
         self.faults.clear();
     }

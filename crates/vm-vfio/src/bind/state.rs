@@ -37,9 +37,11 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// Paths below the sysfs root `root`.
     pub fn new(root: impl Into<PathBuf>) -> Paths {
         Paths { root: root.into() }
     }
+    /// The sysfs root.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -48,21 +50,27 @@ impl Paths {
     pub fn device(&self, bdf: Bdf) -> PathBuf {
         self.root.join("bus/pci/devices").join(bdf.to_string())
     }
+    /// `<dev>/driver_override`.
     pub fn driver_override(&self, bdf: Bdf) -> PathBuf {
         self.device(bdf).join("driver_override")
     }
+    /// `bus/pci/drivers`.
     pub fn drivers(&self) -> PathBuf {
         self.root.join("bus/pci/drivers")
     }
+    /// `bus/pci/drivers/<driver>`.
     pub fn driver_dir(&self, driver: &str) -> PathBuf {
         self.drivers().join(driver)
     }
+    /// `bus/pci/drivers/<driver>/unbind`.
     pub fn unbind(&self, driver: &str) -> PathBuf {
         self.driver_dir(driver).join("unbind")
     }
+    /// `bus/pci/drivers/<driver>/bind`.
     pub fn bind(&self, driver: &str) -> PathBuf {
         self.driver_dir(driver).join("bind")
     }
+    /// `bus/pci/drivers_probe`.
     pub fn drivers_probe(&self) -> PathBuf {
         self.root.join("bus/pci/drivers_probe")
     }
