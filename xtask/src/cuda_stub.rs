@@ -26,7 +26,7 @@ const CUDA_ERROR_STUB_LIBRARY: u32 = 34;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Output folder (gets lib64/libcuda.so{,.1}); default: <target dir>/cuda-stub.
+    /// Output folder (gets lib64/libcuda.so{,.1}); default: `<target dir>/cuda-stub`.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// C compiler to build the stub with.
