@@ -173,6 +173,12 @@ pub enum ConfigRead {
     /// listing: [`crate::Inventory::scan_with`] then also skips /proc/interrupts, so
     /// interrupt remapping is judged from sysfs alone.
     Header,
+    /// What a listing shows and nothing more: ids, class, driver, IOMMU group number, NUMA
+    /// node and BARs, from sysfs attributes; no config space (a trap to the hypervisor per
+    /// dword on a VM), no other attributes (subsystem, revision, link, reset methods,
+    /// SR-IOV... stay empty), and [`crate::Inventory::scan_with`] reads neither the IOMMU
+    /// groups nor the host's IOMMU state. The cost of `vm-accel list` (docs/benchmarks.md).
+    Summary,
 }
 
 /// Reads one device below `root`, all of its config space included.
@@ -193,6 +199,7 @@ fn read_config(path: &Path, how: ConfigRead) -> Result<ConfigSpace> {
     let limit = match how {
         ConfigRead::Full => crate::config::PCIE_LEN as u64,
         ConfigRead::Header => 64,
+        ConfigRead::Summary => 0,
     };
     let mut bytes = Vec::with_capacity(limit as usize);
     file.take(limit)
@@ -213,12 +220,78 @@ fn opt_dec<T: std::str::FromStr>(dir: &Path, name: &str) -> Option<T> {
     read_attr(dir, name).and_then(|s| s.parse().ok())
 }
 
+/// [`ConfigRead::Summary`]: the attributes a listing shows, the rest left empty.
+pub(crate) fn read_device_summary(root: &SysfsRoot, bdf: Bdf, dir: &Path) -> Result<PciDevice> {
+    let vendor_id: u16 = read_hex(dir, "vendor")?;
+    let device_id: u16 = read_hex(dir, "device")?;
+    let class_raw: u32 = read_hex(dir, "class")?;
+    let class = ClassCode::new(class_raw).ok_or_else(|| {
+        Error::malformed(
+            dir.join("class"),
+            format!("{class_raw:#x} is wider than 24 bits"),
+        )
+    })?;
+    let resource_path = dir.join("resource");
+    let bars = match read_opt(&resource_path)? {
+        Some(text) => parse_resource(&resource_path, &text)?
+            .into_iter()
+            .filter(|b| b.is_standard())
+            .collect(),
+        None => Vec::new(),
+    };
+    let iommu_group = match root.link_name(&dir.join("iommu_group"))? {
+        Some(name) => Some(name.parse().map_err(|_| {
+            Error::malformed(
+                dir.join("iommu_group"),
+                format!("group name {name:?} is not a number"),
+            )
+        })?),
+        None => None,
+    };
+    Ok(PciDevice {
+        bdf,
+        vendor_id,
+        device_id,
+        vendor_name: ids::vendor_name(vendor_id),
+        device_name: ids::device_name(vendor_id, device_id),
+        subsystem_vendor_id: None,
+        subsystem_device_id: None,
+        subsystem_name: None,
+        class,
+        class_kind: class.kind(),
+        class_name: class.name(),
+        revision: None,
+        driver: root.link_name(&dir.join("driver"))?,
+        driver_override: None,
+        iommu_group,
+        numa_node: opt_dec::<i64>(dir, "numa_node").and_then(|n| u32::try_from(n).ok()),
+        local_cpus: None,
+        link: None,
+        reset_methods: Vec::new(),
+        boot_vga: false,
+        sriov: None,
+        physfn: None,
+        bars,
+        rom: None,
+        vf_bars: Vec::new(),
+        power_state: None,
+        irq: None,
+        header_type: None,
+        config_len: 0,
+        capabilities: CapabilityList::default(),
+        sysfs_dir: dir.to_path_buf(),
+    })
+}
+
 pub(crate) fn read_device_dir(
     root: &SysfsRoot,
     bdf: Bdf,
     dir: &Path,
     how: ConfigRead,
 ) -> Result<PciDevice> {
+    if how == ConfigRead::Summary {
+        return read_device_summary(root, bdf, dir);
+    }
     let vendor_id: u16 = read_hex(dir, "vendor")?;
     let device_id: u16 = read_hex(dir, "device")?;
     let class_raw: u32 = read_hex(dir, "class")?;

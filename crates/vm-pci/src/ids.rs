@@ -1,20 +1,20 @@
 //! PCI identity: vendor/device ids with their names, and the class code.
 //!
-//! Names come from the PCI ID database embedded by the `pci-ids` crate, so they match what
-//! lspci prints without depending on a pci.ids file being installed.
+//! Names come from the PCI ID database of the `pci-ids` crate, so they match what lspci
+//! prints without depending on a pci.ids file being installed. build.rs lays that database
+//! out as relocation-free tables (why: see there); [`names`] looks names up in them.
 
-use pci_ids::FromId;
 use serde::Serialize;
 
 /// Vendor and device name as the PCI ID database has them (`None` when unknown, where
 /// lspci would print `Device 11e8`).
 pub fn vendor_name(vendor: u16) -> Option<&'static str> {
-    pci_ids::Vendor::from_id(vendor).map(|v| v.name())
+    names::find(names::VENDORS, u64::from(vendor))
 }
 
 /// Device name from the PCI ID database.
 pub fn device_name(vendor: u16, device: u16) -> Option<&'static str> {
-    pci_ids::Device::from_vid_pid(vendor, device).map(|d| d.name())
+    names::find(names::DEVICES, names::device_key(vendor, device))
 }
 
 /// Subsystem name from the PCI ID database.
@@ -24,10 +24,55 @@ pub fn subsystem_name(
     sub_vendor: u16,
     sub_device: u16,
 ) -> Option<&'static str> {
-    pci_ids::Device::from_vid_pid(vendor, device)?
-        .subsystems()
-        .find(|s| s.subvendor() == sub_vendor && s.subdevice() == sub_device)
-        .map(|s| s.name())
+    let key = names::device_key(vendor, device) << 32
+        | u64::from(sub_vendor) << 16
+        | u64::from(sub_device);
+    names::find(names::SUBSYSTEMS, key)
+}
+
+/// The tables build.rs writes: sorted 16-byte records (key u64, name offset u32, name
+/// length u32, little-endian) into one string of names.
+mod names {
+    const NAMES: &str = include_str!(concat!(env!("OUT_DIR"), "/pci_names.txt"));
+    pub(super) const VENDORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pci_vendors.bin"));
+    pub(super) const DEVICES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pci_devices.bin"));
+    pub(super) const SUBSYSTEMS: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/pci_subsystems.bin"));
+    pub(super) const CLASSES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pci_classes.bin"));
+    pub(super) const SUBCLASSES: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/pci_subclasses.bin"));
+
+    pub(super) fn device_key(vendor: u16, device: u16) -> u64 {
+        u64::from(vendor) << 16 | u64::from(device)
+    }
+
+    fn field<const N: usize>(rec: &[u8], at: usize) -> [u8; N] {
+        let mut b = [0u8; N];
+        if let Some(s) = rec.get(at..at + N) {
+            b.copy_from_slice(s);
+        }
+        b
+    }
+
+    /// The name stored under `key`, by binary search.
+    pub(super) fn find(table: &'static [u8], key: u64) -> Option<&'static str> {
+        let n = table.len() / 16;
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let rec = table.get(mid * 16..mid * 16 + 16)?;
+            match u64::from_le_bytes(field(rec, 0)).cmp(&key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    let off = u32::from_le_bytes(field(rec, 8)) as usize;
+                    let len = u32::from_le_bytes(field(rec, 12)) as usize;
+                    return NAMES.get(off..off + len);
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The 24-bit class code: base class, subclass, programming interface.
@@ -132,10 +177,10 @@ impl ClassCode {
 
     /// The class name lspci prints (most specific known: subclass, else base class).
     pub fn name(self) -> &'static str {
-        if let Some(s) = pci_ids::Subclass::from_cid_sid(self.base(), self.sub()) {
-            return s.name();
-        }
-        pci_ids::Class::from_id(self.base()).map_or("Unclassified device", |c| c.name())
+        let sub = u64::from(self.base()) << 8 | u64::from(self.sub());
+        names::find(names::SUBCLASSES, sub)
+            .or_else(|| names::find(names::CLASSES, u64::from(self.base())))
+            .unwrap_or("Unclassified device")
     }
 }
 
@@ -171,5 +216,55 @@ mod tests {
         );
         assert!(ClassCode::new(0x1_000_000).is_none());
         assert_eq!(ClassCode::new(0xff0000).unwrap().name(), "Unassigned class");
+    }
+
+    /// The relocation-free tables answer exactly what the pci-ids crate answers, for every
+    /// entry it has (and a few it has not).
+    #[test]
+    fn tables_match_the_pci_ids_crate() {
+        use pci_ids::FromId;
+        let mut checked = 0usize;
+        for v in pci_ids::Vendors::iter() {
+            assert_eq!(
+                vendor_name(v.id()),
+                pci_ids::Vendor::from_id(v.id()).map(|v| v.name())
+            );
+            for d in v.devices() {
+                let want = pci_ids::Device::from_vid_pid(v.id(), d.id()).map(|d| d.name());
+                assert_eq!(device_name(v.id(), d.id()), want);
+                for s in d.subsystems() {
+                    let want = pci_ids::Device::from_vid_pid(v.id(), d.id())
+                        .and_then(|d| {
+                            d.subsystems().find(|x| {
+                                x.subvendor() == s.subvendor() && x.subdevice() == s.subdevice()
+                            })
+                        })
+                        .map(|s| s.name());
+                    assert_eq!(
+                        subsystem_name(v.id(), d.id(), s.subvendor(), s.subdevice()),
+                        want
+                    );
+                    checked += 1;
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 30_000, "{checked}");
+        for code in 0..=0xffffu32 {
+            let c = ClassCode::new(code << 8).unwrap();
+            let want = pci_ids::Subclass::from_cid_sid(c.base(), c.sub())
+                .map(|s| s.name())
+                .or_else(|| pci_ids::Class::from_id(c.base()).map(|c| c.name()))
+                .unwrap_or("Unclassified device");
+            assert_eq!(c.name(), want, "{code:04x}");
+        }
+        for vid in 0..=0xffffu16 {
+            assert_eq!(
+                vendor_name(vid),
+                pci_ids::Vendor::from_id(vid).map(|v| v.name())
+            );
+        }
+        assert_eq!(device_name(0x10de, 0xfff0), None);
+        assert_eq!(subsystem_name(0x10de, 0x2335, 0xdead, 0xbeef), None);
     }
 }

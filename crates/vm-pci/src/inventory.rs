@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::device::{read_device_dir, ConfigRead, PciDevice};
 use crate::error::{Error, Result};
-use crate::iommu::{read_groups, read_iommu_info, IommuGroup, IommuInfo};
+use crate::iommu::{read_groups, read_iommu_info, InterruptRemapping, IommuGroup, IommuInfo};
 use crate::sysfs::SysfsRoot;
 use crate::Bdf;
 
@@ -85,6 +85,28 @@ impl Inventory {
             }
         }
         devices.sort_by_key(|d| d.bdf);
+        if how == ConfigRead::Summary {
+            log::debug!(
+                "{} devices, {} unreadable (a summary: IOMMU groups and host IOMMU state not read)",
+                devices.len(),
+                unreadable.len()
+            );
+            return Ok(Inventory {
+                devices,
+                unreadable,
+                iommu: IommuInfo {
+                    units: Vec::new(),
+                    group_count: 0,
+                    cmdline_flags: Vec::new(),
+                    interrupt_remapping: InterruptRemapping::Unknown(
+                        "not read: a summary scan".into(),
+                    ),
+                },
+                groups: BTreeMap::new(),
+                kernel_release: None,
+                root: root.clone(),
+            });
+        }
         let groups = read_groups(root)?;
         let iommu = read_iommu_info(root, groups.len(), how == ConfigRead::Full)?;
         log::debug!(

@@ -141,8 +141,9 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 }
 
 pub fn list(g: &Global, a: ListArgs) -> CmdResult {
-    // The list shows nothing from capabilities: the header is enough (see ConfigRead).
-    let inv = Inventory::scan_with(&SysfsRoot::new(&g.sysfs_root), ConfigRead::Header)?;
+    // The list shows only what a summary scan reads: no config space, no IOMMU groups
+    // (docs/benchmarks.md, bench-list).
+    let inv = Inventory::scan_with(&SysfsRoot::new(&g.sysfs_root), ConfigRead::Summary)?;
     let devices: Vec<&PciDevice> = inv
         .devices_accelerators_first()
         .into_iter()
