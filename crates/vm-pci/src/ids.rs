@@ -2,7 +2,7 @@
 //!
 //! Names come from the PCI ID database of the `pci-ids` crate, so they match what lspci
 //! prints without depending on a pci.ids file being installed. build.rs lays that database
-//! out as relocation-free tables (why: see there); [`names`] looks names up in them.
+//! out as relocation-free tables (why: see there), which the lookups below binary-search.
 
 use serde::Serialize;
 
