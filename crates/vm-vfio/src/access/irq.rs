@@ -135,7 +135,9 @@ pub enum IrqSet {
     /// Unmask vector `vector` whenever `fd` is signalled (INTx: KVM's resample eventfd
     /// unmasks the line after the guest's EOI without a VMM round trip).
     UnmaskEventfd {
+        /// The vector to unmask.
         vector: u32,
+        /// The eventfd whose signal unmasks it.
         fd: RawFd,
     },
 }
