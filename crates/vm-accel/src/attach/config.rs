@@ -323,9 +323,9 @@ fn msi_fields(l: &MsiLayout) -> (usize, usize, usize) {
 fn aligned_pieces(mut at: usize, mut len: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     while len > 0 {
-        let n = if at % 4 == 0 && len >= 4 {
+        let n = if at.is_multiple_of(4) && len >= 4 {
             4
-        } else if at % 2 == 0 && len >= 2 {
+        } else if at.is_multiple_of(2) && len >= 2 {
             2
         } else {
             1
