@@ -9,9 +9,9 @@
 #![deny(missing_docs)]
 
 pub mod attach;
-pub mod lifecycle;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod lifecycle;
 
 pub use vm_cuda;
 pub use vm_pci;

@@ -103,11 +103,13 @@ fn all_documents() -> Vec<(String, Value)> {
     for root in &roots {
         push(root, &["list"]);
         push(root, &["list", "--accelerators"]);
+        push(root, &["list", "--topology"]);
         push(root, &["check"]);
         let inv = vm_pci::Inventory::scan(&vm_pci::SysfsRoot::new(root)).unwrap();
         for d in &inv.devices {
             let bdf = d.bdf.to_string();
             push(root, &["show", &bdf]);
+            push(root, &["show", &bdf, "--topology"]);
             push(root, &["check", &bdf]);
             push(root, &["bind", &bdf, "--dry-run"]);
         }
@@ -165,16 +167,21 @@ fn cuda_documents() -> Vec<(String, Value)> {
         "built_with_cuda": true,
         "driver_version": "13.0",
         "devices": [cuda_device()],
+        "topology": {
+            "gpus": [{"ordinal": 0, "bdf": "0000:41:00.0", "numa_node": 1, "pci_path": ["0000:40:01.0"]}],
+            "links": [],
+        },
         "error": null,
     });
     let report = vm_cuda::health::HealthReport {
         device: cuda_device(),
         driver_version: (13, 0),
         checks: vec![vm_cuda::health::CheckResult {
-            name: "vec_add",
-            passed: true,
-            detail: "4194304 elements exact".into(),
+            name: "d2d_copy",
+            passed: false,
+            detail: "1900 GB/s, 39% of peak".into(),
             elapsed_ms: 1.5,
+            failure: Some(vm_cuda::health::Failure::Slow),
         }],
         tested_memory_bytes: 1 << 30,
         bandwidth: Some(vm_cuda::health::Bandwidth {
@@ -184,13 +191,81 @@ fn cuda_documents() -> Vec<(String, Value)> {
             peak_gbs: Some(4900.0),
             fraction_of_peak: Some(0.78),
         }),
-        passed: true,
+        passed: false,
+        verdict: vm_cuda::health::Verdict::Busy,
+        other_users: vec![vm_cuda::sharing::GpuUser {
+            pid: 4242,
+            comm: "python3".into(),
+        }],
+        busy: Some("other processes held the GPU: pid 4242 (python3)".into()),
+        elapsed_ms: 812.0,
     };
     let mut check = serde_json::to_value(&report).unwrap();
     check["schema"] = json!("vm-accel.cuda-check/v2");
+    let link = vm_cuda::PeerLink {
+        src: 0,
+        dst: 1,
+        access_supported: true,
+        native_atomics: true,
+        performance_rank: 0,
+        link: vm_cuda::LinkKind::Nvlink,
+    };
+    let all = vm_cuda::all_gpus::AllReport {
+        passed: false,
+        verdict: vm_cuda::health::Verdict::Busy,
+        devices: vec![
+            vm_cuda::all_gpus::DeviceOutcome {
+                ordinal: 0,
+                report: Some(report.clone()),
+                error: None,
+            },
+            vm_cuda::all_gpus::DeviceOutcome {
+                ordinal: 1,
+                report: None,
+                error: Some("CUDA_ERROR_ECC_UNCORRECTABLE".into()),
+            },
+        ],
+        peers: vm_cuda::all_gpus::PeerTests {
+            skipped: None,
+            pairs: vec![vm_cuda::all_gpus::PeerCopy {
+                src: 0,
+                dst: 1,
+                link,
+                passed: true,
+                detail: "1 GiB intact".into(),
+                copy_bytes: 1 << 30,
+                gbs: Some(396.0),
+                failure: None,
+            }],
+            without_access: Vec::new(),
+            busy: false,
+        },
+        devices_elapsed_ms: 900.0,
+        peers_elapsed_ms: 40.0,
+    };
+    let mut all = serde_json::to_value(&all).unwrap();
+    all["schema"] = json!("vm-accel.cuda-check-all/v2");
+    // attach-test needs /dev/vfio and a bound device (the lab, a GPU host): the document as
+    // cli/attach.rs writes it.
+    let attach = json!({
+        "schema": "vm-accel.attach-test/v1",
+        "bdf": "0000:41:00.0",
+        "backend": "iommufd",
+        "kvm_vfio_registered": true,
+        "guest_ram_mib": 64,
+        "timings_us": {"open_and_kvm_vfio_add": 900, "dma_map": 1200, "memslots": 80, "total": 2300, "detach": 700},
+        "bars": [{"index": 0, "gpa": 0xe000_0000u64, "size": 1u64 << 24, "is_64bit": true, "prefetchable": false}],
+        "msi_vectors": 1,
+        "msix_vectors": 8,
+        "detach_errors": [],
+        "reset_on_detach": true,
+        "attached": true,
+    });
     vec![
         ("cuda info on a GPU host".into(), info),
         ("cuda check on a GPU host".into(), check),
+        ("cuda check --all on a GPU host".into(), all),
+        ("attach-test on a vfio host".into(), attach),
     ]
 }
 

@@ -22,22 +22,33 @@ use crate::stream::{Event, EventOptions, Stream, StreamOptions};
 /// One device's part of the report: its health report, or why it could not run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeviceOutcome {
+    /// The device's CUDA ordinal.
     pub ordinal: u32,
+    /// Its health report, when the check ran.
     pub report: Option<HealthReport>,
+    /// Why the check could not run.
     pub error: Option<String>,
 }
 
 /// The peer copy from `src` to `dst` (a copy on `dst`'s stream reading `src`'s memory).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PeerCopy {
+    /// Ordinal of the GPU read from.
     pub src: u32,
+    /// Ordinal of the GPU written to.
     pub dst: u32,
+    /// The driver's peer attributes for the pair.
     pub link: PeerLink,
+    /// The copy arrived intact.
     pub passed: bool,
+    /// What was measured or what went wrong (`message` in JSON, as in every check).
+    #[serde(rename = "message")]
     pub detail: String,
+    /// Bytes per copy.
     pub copy_bytes: u64,
     /// Bytes copied per second, 10^9 (each byte crosses the link once).
     pub gbs: Option<f64>,
+    /// Why it failed, when it did.
     pub failure: Option<Failure>,
 }
 
@@ -46,6 +57,7 @@ pub struct PeerCopy {
 pub struct PeerTests {
     /// Why no pair was tested (one GPU, or no pair with peer access), else `null`.
     pub skipped: Option<String>,
+    /// Every pair tested.
     pub pairs: Vec<PeerCopy>,
     /// Ordered pairs without peer access: not tested, listed for the topology.
     pub without_access: Vec<PeerLink>,
@@ -56,12 +68,17 @@ pub struct PeerTests {
 /// `vm-accel cuda check --all`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AllReport {
+    /// Every device and pair passed.
     pub passed: bool,
+    /// `healthy`, `unhealthy` or `busy`, over all devices and pairs.
     pub verdict: Verdict,
+    /// One outcome per device, by ordinal.
     pub devices: Vec<DeviceOutcome>,
+    /// The peer phase.
     pub peers: PeerTests,
     /// Wall time of the parallel per-device phase, and of the peer phase.
     pub devices_elapsed_ms: f64,
+    /// Wall time of the peer phase.
     pub peers_elapsed_ms: f64,
 }
 

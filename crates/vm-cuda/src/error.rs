@@ -30,7 +30,9 @@ impl DriverCode {
     pub const NOT_READY: Self = Self(600);
     /// `CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`.
     pub const LAUNCH_OUT_OF_RESOURCES: Self = Self(701);
+    /// `CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED`.
     pub const PEER_ACCESS_ALREADY_ENABLED: Self = Self(704);
+    /// `CUDA_ERROR_PEER_ACCESS_NOT_ENABLED`.
     pub const PEER_ACCESS_NOT_ENABLED: Self = Self(705);
 
     /// The `CUDA_ERROR_*` name from cuda.h, if this crate knows the code.
@@ -177,7 +179,12 @@ pub enum Error {
     /// The NVIDIA driver library could not be loaded (not installed, e.g. a passthrough
     /// host whose GPUs sit on vfio-pci), or lacks an entry point vm-cuda needs.
     #[error("NVIDIA driver not found ({library}): {reason}")]
-    DriverNotFound { library: String, reason: String },
+    DriverNotFound {
+        /// The library looked for (`libcuda.so.1`).
+        library: String,
+        /// Why it could not be used.
+        reason: String,
+    },
 
     /// A driver call failed.
     #[error("{operation} failed: {code}")]
@@ -280,13 +287,21 @@ pub enum Error {
     /// The GPU is in use by someone else: a health check holds its lock (and the caller
     /// asked not to wait), or other processes share it.
     #[error("GPU {bdf} is busy: {reason}")]
-    Busy { bdf: String, reason: String },
+    Busy {
+        /// The GPU's PCI address.
+        bdf: String,
+        /// Who holds it.
+        reason: String,
+    },
 
     /// The per-GPU lock file could not be created or locked.
     #[error("{operation} {path}: {source}")]
     Lock {
+        /// What was being done.
         operation: &'static str,
+        /// The lock file.
         path: std::path::PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
 

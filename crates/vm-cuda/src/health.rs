@@ -152,7 +152,9 @@ pub struct HealthReport {
     pub verdict: Verdict,
     /// Other processes that held the GPU's device node during the check.
     pub other_users: Vec<GpuUser>,
-    /// Why the verdict is `busy`, when it is.
+    /// Why the verdict is `busy`, when it is (`busy_reason` in JSON: `busy` is a flag
+    /// elsewhere, as in `check --all`'s `peers.busy`).
+    #[serde(rename = "busy_reason")]
     pub busy: Option<String>,
     /// Wall time of the check, from the device lookup on (driver initialisation excluded,
     /// as in `check --all`'s `devices_elapsed_ms`).
@@ -162,8 +164,11 @@ pub struct HealthReport {
 /// Where the per-GPU locks live, where to look for other users, and whether to queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exclusive {
+    /// Directory of the per-GPU lock files.
     pub run_dir: PathBuf,
+    /// The /proc to scan for other users of the GPU.
     pub proc_root: PathBuf,
+    /// Queue behind a held lock, or report busy at once.
     pub wait: Wait,
 }
 

@@ -32,7 +32,9 @@ pub enum LinkKind {
 /// The driver's peer-to-peer attributes from `src` to `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PeerLink {
+    /// Ordinal of the accessing GPU.
     pub src: u32,
+    /// Ordinal of the GPU whose memory is accessed.
     pub dst: u32,
     /// `CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED` (and `cuDeviceCanAccessPeer`).
     pub access_supported: bool,
@@ -40,6 +42,8 @@ pub struct PeerLink {
     pub native_atomics: bool,
     /// `CU_DEVICE_P2P_ATTRIBUTE_PERFORMANCE_RANK`: relative, lower is better (0 = best).
     pub performance_rank: i32,
+    /// What joins them (`kind` in JSON: `link` is an object in every document).
+    #[serde(rename = "kind")]
     pub link: LinkKind,
 }
 

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 /// A process holding a GPU's device node open.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GpuUser {
+    /// Process id.
     pub pid: u32,
     /// `/proc/PID/comm` (empty when unreadable: the process may have exited).
     pub comm: String,
@@ -187,6 +188,7 @@ impl GpuLock {
         Ok(Self { _file: file, path })
     }
 
+    /// The lock file.
     pub fn lock_path(&self) -> &Path {
         &self.path
     }

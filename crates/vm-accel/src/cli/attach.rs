@@ -6,10 +6,10 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::attach::{AttachOptions, AttachVm, AttachedDevice, BarInfo, VmLayout};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::Kvm;
 use serde::Serialize;
-use vm_accel::attach::{AttachOptions, AttachVm, AttachedDevice, BarInfo, VmLayout};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vm_pci::Bdf;
 use vm_vfio::access::{BackendChoice, BackendKind, IrqIndex};

@@ -80,6 +80,8 @@ pub struct Topology {
 #[derive(Debug, serde::Serialize)]
 struct GpuPlace {
     ordinal: u32,
+    /// The GPU's address (`bdf`, as in every document).
+    #[serde(rename = "bdf")]
     pci_bdf: String,
     /// `null` when sysfs does not say (or the device is not under the sysfs root).
     numa_node: Option<u32>,
@@ -137,7 +139,7 @@ fn gather(g: &Global) -> vm_cuda::Result<(String, Vec<DeviceInfo>, Topology)> {
 /// The GPU topology for `list --topology` / `show --topology`: which GPUs reach which, or
 /// why the driver could not say (no driver, GPUs on vfio-pci, no `cuda` feature).
 pub fn gpu_topology(g: &Global) -> Result<Topology, String> {
-    gather(g).map(|(_, _, t)| t).map_err(|e| e.to_string())
+    gather(g).map(|(_, _, t)| t).map_err(|e| explain(&e))
 }
 
 /// Where a GPU sits, from sysfs (best effort: a GPU the sysfs root does not show has no
@@ -334,8 +336,12 @@ fn print_report(report: &HealthReport) {
 }
 
 fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
-    let report = all_gpus::run_all(opts, ex)
-        .map_err(|e| anyhow::anyhow!("CUDA health check of every GPU could not run: {}", explain(&e)))?;
+    let report = all_gpus::run_all(opts, ex).map_err(|e| {
+        anyhow::anyhow!(
+            "CUDA health check of every GPU could not run: {}",
+            explain(&e)
+        )
+    })?;
     if g.json {
         print_json(&CheckAllOutput {
             schema: "vm-accel.cuda-check-all/v2",
