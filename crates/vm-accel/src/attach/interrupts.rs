@@ -756,7 +756,8 @@ fn msix_vfio_add(dev: &dyn DeviceBackend, x: &mut Msix, i: usize, fd: &EventFd) 
 /// (entry, first dword) of an aligned 4- or 8-byte table access inside the table.
 fn table_slot(l: &MsixLayout, off: u64, len: usize) -> Option<(usize, usize)> {
     let len = len as u64;
-    if !(len == 4 || len == 8) || !off.is_multiple_of(len) || off.checked_add(len)? > l.table_len() {
+    if !(len == 4 || len == 8) || !off.is_multiple_of(len) || off.checked_add(len)? > l.table_len()
+    {
         return None;
     }
     Some(((off / 16) as usize, ((off % 16) / 4) as usize))
