@@ -188,31 +188,28 @@ pub fn read_device(root: &SysfsRoot, bdf: Bdf) -> Result<PciDevice> {
 }
 
 fn read_config(path: &Path, how: ConfigRead) -> Result<ConfigSpace> {
-    use std::io::Read;
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(ConfigSpace::new(Vec::new()))
-        }
-        Err(e) => return Err(Error::io(path, e)),
-    };
     let limit = match how {
         ConfigRead::Full => crate::config::PCIE_LEN as u64,
         ConfigRead::Header => 64,
         ConfigRead::Summary => 0,
     };
-    let mut bytes = Vec::with_capacity(limit as usize);
-    file.take(limit)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    Ok(ConfigSpace::new(bytes))
+    match crate::sysfs::read_prefix(path, limit) {
+        Ok(bytes) => Ok(ConfigSpace::new(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigSpace::new(Vec::new())),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
-fn opt_hex<T: TryFrom<u64>>(dir: &Path, name: &str) -> Result<Option<T>> {
+/// An optional hex attribute: missing, unreadable or malformed all read as `None` (logged),
+/// so one bad optional value never drops the whole device.
+fn opt_hex<T: TryFrom<u64>>(dir: &Path, name: &str) -> Option<T> {
     match read_hex(dir, name) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
+        Ok(v) => Some(v),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => {
+            log::warn!("ignoring {e}");
+            None
+        }
     }
 }
 
@@ -301,9 +298,9 @@ pub(crate) fn read_device_dir(
             format!("{class_raw:#x} is wider than 24 bits"),
         )
     })?;
-    let subsystem_vendor_id: Option<u16> = opt_hex(dir, "subsystem_vendor")?;
-    let subsystem_device_id: Option<u16> = opt_hex(dir, "subsystem_device")?;
-    let revision: Option<u8> = opt_hex(dir, "revision")?;
+    let subsystem_vendor_id: Option<u16> = opt_hex(dir, "subsystem_vendor");
+    let subsystem_device_id: Option<u16> = opt_hex(dir, "subsystem_device");
+    let revision: Option<u8> = opt_hex(dir, "revision");
 
     let config = read_config(&dir.join("config"), how)?;
     if !config.is_empty() {
@@ -355,7 +352,10 @@ pub(crate) fn read_device_dir(
             .and_then(|n| n.to_str())
             .and_then(|n| n.parse().ok()),
         Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e),
+        Err(e) => {
+            log::warn!("ignoring {e}");
+            None
+        }
     };
 
     Ok(PciDevice {
@@ -431,7 +431,13 @@ fn read_sriov(root: &SysfsRoot, dir: &Path) -> Result<Option<SriovInfo>> {
         .collect();
     links.sort();
     for (_, link) in links {
-        let target = root.read_link(&link)?;
+        let target = match root.read_link(&link) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("ignoring {e}");
+                continue;
+            }
+        };
         if let Some(bdf) = target
             .file_name()
             .and_then(|n| n.to_str())
@@ -445,7 +451,7 @@ fn read_sriov(root: &SysfsRoot, dir: &Path) -> Result<Option<SriovInfo>> {
         num_vfs: opt_dec(dir, "sriov_numvfs").unwrap_or(0),
         vf_offset: opt_dec(dir, "sriov_offset"),
         vf_stride: opt_dec(dir, "sriov_stride"),
-        vf_device_id: opt_hex(dir, "sriov_vf_device")?,
+        vf_device_id: opt_hex(dir, "sriov_vf_device"),
         vfs,
     }))
 }

@@ -24,6 +24,14 @@ pub enum Error {
         /// What is wrong with its contents.
         reason: String,
     },
+    /// The function exists under the root but could not be read (the file and error).
+    #[error("PCI device {bdf} exists but cannot be read: {error}")]
+    Unreadable {
+        /// The address asked for.
+        bdf: Bdf,
+        /// Why it could not be read, naming the file.
+        error: String,
+    },
     /// No such PCI function under this sysfs root.
     #[error("no PCI device {bdf} under {root}")]
     NoDevice {

@@ -8,7 +8,7 @@ use crate::device::{read_device_dir, ConfigRead, PciDevice};
 use crate::error::{Error, Result};
 use crate::iommu::{read_groups, read_iommu_info, InterruptRemapping, IommuGroup, IommuInfo};
 use crate::sysfs::SysfsRoot;
-use crate::Bdf;
+use crate::{Bdf, ClassCode};
 
 /// A snapshot of a host's PCI topology.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +35,16 @@ pub struct Unreadable {
     pub entry: String,
     /// Why it could not be read.
     pub error: String,
+    /// Whether its class says accelerator (`None`: the class itself could not be read, so
+    /// it may be one).
+    pub accelerator: Option<bool>,
+}
+
+impl Unreadable {
+    /// Could be an accelerator: what `check` must not pass over.
+    pub fn maybe_accelerator(&self) -> bool {
+        self.accelerator != Some(false)
+    }
 }
 
 impl Inventory {
@@ -56,11 +66,13 @@ impl Inventory {
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(&dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            let mut dir = None;
             let result = name
                 .parse::<Bdf>()
                 .map_err(|e| e.to_string())
                 .and_then(|bdf| {
                     let d = root.read_link(&entry.path()).map_err(|e| e.to_string())?;
+                    dir = Some(d.clone());
                     read_device_dir(root, bdf, &d, how).map_err(|e| e.to_string())
                 });
             match result {
@@ -80,7 +92,15 @@ impl Inventory {
                 }
                 Err(error) => {
                     log::warn!("skipping {name}: {error}");
-                    unreadable.push(Unreadable { entry: name, error });
+                    let accelerator = dir
+                        .and_then(|d| crate::sysfs::read_hex::<u32>(&d, "class").ok())
+                        .and_then(ClassCode::new)
+                        .map(|c| c.is_accelerator());
+                    unreadable.push(Unreadable {
+                        entry: name,
+                        error,
+                        accelerator,
+                    });
                 }
             }
         }
@@ -136,9 +156,20 @@ impl Inventory {
             .map(|i| &self.devices[i])
     }
 
-    /// The device or a [`Error::NoDevice`] naming the root.
+    /// The device, or why not: [`Error::Unreadable`] (with the file and error) for one that
+    /// exists but could not be read, else [`Error::NoDevice`] naming the root.
     pub fn require(&self, bdf: Bdf) -> Result<&PciDevice> {
-        self.device(bdf).ok_or_else(|| Error::NoDevice {
+        if let Some(d) = self.device(bdf) {
+            return Ok(d);
+        }
+        let name = bdf.to_string();
+        if let Some(u) = self.unreadable.iter().find(|u| u.entry == name) {
+            return Err(Error::Unreadable {
+                bdf,
+                error: u.error.clone(),
+            });
+        }
+        Err(Error::NoDevice {
             bdf,
             root: self.root.path().to_path_buf(),
         })

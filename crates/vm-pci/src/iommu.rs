@@ -217,8 +217,10 @@ fn detect_ir(
     }
     // Only the live /proc tells whether remapping is in use; a capture cannot.
     if probe_interrupts && root.is_live() {
-        if let Ok(text) = std::fs::read_to_string("/proc/interrupts") {
-            if text.contains("IR-") {
+        // Megabytes on a many-CPU host, so capped well above that rather than at an
+        // attribute's size; the first IR- domain is near the top anyway.
+        if let Ok(bytes) = crate::sysfs::read_prefix(Path::new("/proc/interrupts"), 16 << 20) {
+            if bytes.windows(3).any(|w| w == b"IR-") {
                 return Enabled("IR- interrupt domains in /proc/interrupts".into());
             }
         }

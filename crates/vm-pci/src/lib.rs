@@ -26,6 +26,7 @@ pub mod iommu;
 mod json;
 pub mod readiness;
 mod sysfs;
+pub mod usage;
 
 pub use bar::{Bar, BarSpace};
 pub use bdf::{Bdf, BdfParseError};
@@ -35,8 +36,9 @@ pub use error::{Error, Result};
 pub use ids::{ClassCode, ClassKind};
 pub use inventory::{GroupMember, Inventory, Unreadable, Viability};
 pub use iommu::{InterruptRemapping, IommuGroup, IommuInfo, ReservedRegion};
-pub use readiness::{Check, Level};
-pub use sysfs::SysfsRoot;
+pub use readiness::{Check, Level, Readiness};
+pub use sysfs::{open_regular, read_bounded, read_prefix, read_text, SysfsRoot, MAX_ATTR_LEN};
+pub use usage::{HostUsage, InUse, ProcRoot, UsageKind};
 
 /// The driver VFIO passthrough needs.
 pub const VFIO_PCI_DRIVER: &str = "vfio-pci";

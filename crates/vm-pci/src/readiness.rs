@@ -3,7 +3,10 @@
 //! Modelled on libvirt's virt-host-validate ("IOMMU support", "IOMMU enabled by kernel")
 //! and the kernel's VFIO documentation (group viability, interrupt remapping, ACS).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
+use std::rc::Rc;
 
 use serde::Serialize;
 
@@ -11,9 +14,48 @@ use crate::bar::format_size;
 use crate::config::{AcsCap, CapDetail};
 use crate::device::PciDevice;
 use crate::error::Result;
-use crate::inventory::{Inventory, Viability};
+use crate::inventory::{GroupMember, Inventory};
 use crate::iommu::InterruptRemapping;
+use crate::usage::{HostUsage, InUse, ProcRoot};
 use crate::Bdf;
+
+/// Every check id, host and device (what `vm-accel bind --allow` may name).
+pub const CHECK_IDS: &[&str] = &[
+    "iommu_enabled",
+    "interrupt_remapping",
+    "vfio_modules",
+    "endpoint",
+    "iommu_group",
+    "group_viable",
+    "driver",
+    "in_use",
+    "boot_vga",
+    "reset",
+    "acs",
+    "link",
+    "large_bar",
+];
+
+/// Failing checks that `vm-accel bind` fixes (a device or group member on a host driver):
+/// they make a device not ready, but it stays preparable.
+pub const FIXED_BY_BIND: &[&str] = &["driver", "group_viable"];
+
+/// How many devices a message names before it says "and N more": messages stay O(1) in
+/// the size of a group.
+const MAX_NAMED: usize = 4;
+
+/// `a, b, c, d and 96 more`.
+fn name_some<T: std::fmt::Display>(items: &[T]) -> String {
+    let mut v: Vec<String> = items
+        .iter()
+        .take(MAX_NAMED)
+        .map(|i| i.to_string())
+        .collect();
+    if items.len() > MAX_NAMED {
+        v.push(format!("and {} more", items.len() - MAX_NAMED));
+    }
+    v.join("; ")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,6 +103,20 @@ impl Check {
 /// No check failed (warnings allowed).
 pub fn all_pass(checks: &[Check]) -> bool {
     checks.iter().all(|c| c.level != Level::Fail)
+}
+
+/// A VMM could open the device now: no check failed, so it is on vfio-pci, its group is
+/// viable and nothing of the host uses it.
+pub fn is_ready(checks: &[Check]) -> bool {
+    all_pass(checks)
+}
+
+/// `vm-accel bind` could make it ready without touching a device the host uses: the only
+/// failures are those binding fixes.
+pub fn is_preparable(checks: &[Check]) -> bool {
+    checks
+        .iter()
+        .all(|c| c.level != Level::Fail || FIXED_BY_BIND.contains(&c.id))
 }
 
 /// A loaded module shows up in /sys/module. The VFIO modules a passthrough host needs.
@@ -164,7 +220,9 @@ fn module_available(release: &str, module: &str) -> bool {
     let base = Path::new("/lib/modules").join(release);
     let underscored = module.replace('-', "_");
     ["modules.dep", "modules.builtin"].iter().any(|f| {
-        std::fs::read_to_string(base.join(f)).is_ok_and(|t| {
+        // modules.dep is a few hundred KiB; 16 MiB bounds a corrupt one.
+        crate::sysfs::read_prefix(&base.join(f), 16 << 20).is_ok_and(|t| {
+            let t = String::from_utf8_lossy(&t);
             t.lines().any(|l| {
                 let path = l.split(':').next().unwrap_or("");
                 let file = path.rsplit('/').next().unwrap_or("");
@@ -175,55 +233,193 @@ fn module_available(release: &str, module: &str) -> bool {
     })
 }
 
-/// Checks for one device. `Err` only when the device is not in the inventory.
+/// Checks for one device. `Err` only when the device is not in the inventory. Checking
+/// many devices: make one [`Readiness`] and ask it, so host-wide evidence is gathered once.
 pub fn device_checks(inv: &Inventory, bdf: Bdf) -> Result<Vec<Check>> {
-    let dev = inv.require(bdf)?;
-    let mut checks = Vec::new();
-    if dev.is_bridge() {
-        checks.push(Check::new(
-            "endpoint",
-            Level::Fail,
-            format!(
-                "{} is a bridge ({}); bridges are not passed through",
-                bdf, dev.class_name
-            ),
-        ));
+    Readiness::new(inv).device_checks(bdf)
+}
+
+/// What a group's members amount to, computed once per group however many of its devices
+/// are checked (so `check` on a group of N devices is O(N), not O(N^2)).
+#[derive(Debug)]
+struct GroupFacts {
+    /// Endpoints on a host driver (not vfio-pci, not pci-stub, not unbound).
+    on_host: Vec<GroupMember>,
+    boot_vga: Option<Bdf>,
+    /// Evidence that the host uses any endpoint of the group.
+    in_use: Vec<InUse>,
+}
+
+/// Readiness of the devices of one inventory, with the host's usage evidence gathered once.
+#[derive(Debug)]
+pub struct Readiness<'a> {
+    inv: &'a Inventory,
+    usage: HostUsage,
+    groups: RefCell<HashMap<u32, Rc<GroupFacts>>>,
+}
+
+impl<'a> Readiness<'a> {
+    /// Evidence from the proc root that describes `inv`'s host ([`ProcRoot::for_sysfs`]).
+    pub fn new(inv: &'a Inventory) -> Readiness<'a> {
+        Readiness::with_proc(inv, ProcRoot::for_sysfs(&inv.root).as_ref())
     }
-    checks.extend(group_checks(inv, dev));
-    checks.push(driver_check(dev));
-    checks.push(boot_vga_check(inv, dev));
-    checks.push(reset_check(
-        dev,
-        lists_reset_methods(inv.kernel_release.as_deref()),
-    ));
-    checks.push(acs_check(inv, dev));
-    if let Some(link) = &dev.link {
-        if link.is_degraded() {
+
+    /// Evidence from `proc` (`None`: none; the `in_use` check then says it could not tell).
+    pub fn with_proc(inv: &'a Inventory, proc: Option<&ProcRoot>) -> Readiness<'a> {
+        Readiness {
+            inv,
+            usage: HostUsage::gather(&inv.root, proc),
+            groups: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The host-wide evidence gathered for these checks.
+    pub fn usage(&self) -> &HostUsage {
+        &self.usage
+    }
+
+    fn group_facts(&self, gid: u32) -> Option<Rc<GroupFacts>> {
+        if let Some(f) = self.groups.borrow().get(&gid) {
+            return Some(f.clone());
+        }
+        let group = self.inv.groups.get(&gid)?;
+        let endpoints: Vec<&PciDevice> = group
+            .devices
+            .iter()
+            .filter_map(|b| self.inv.device(*b))
+            .filter(|d| !d.is_bridge())
+            .collect();
+        let facts = Rc::new(GroupFacts {
+            on_host: endpoints
+                .iter()
+                .filter(|d| on_host_driver(d))
+                .map(|d| GroupMember {
+                    bdf: d.bdf,
+                    driver: d.driver.clone(),
+                })
+                .collect(),
+            boot_vga: endpoints.iter().find(|d| d.boot_vga).map(|d| d.bdf),
+            in_use: {
+                // /dev/vfio/N belongs to every member: say it once.
+                let mut seen = std::collections::HashSet::new();
+                endpoints
+                    .iter()
+                    .flat_map(|d| self.usage.of_device(d))
+                    .filter(|u| seen.insert(u.detail.clone()))
+                    .collect()
+            },
+        });
+        self.groups.borrow_mut().insert(gid, facts.clone());
+        Some(facts)
+    }
+
+    /// What the host uses of `bdf` and of the devices `vm-accel bind` would move with it
+    /// (its IOMMU group's endpoints).
+    pub fn in_use(&self, bdf: Bdf) -> Vec<InUse> {
+        let Some(dev) = self.inv.device(bdf) else {
+            return Vec::new();
+        };
+        match dev.iommu_group.and_then(|g| self.group_facts(g)) {
+            Some(f) => f.in_use.clone(),
+            None => self.usage.of_device(dev),
+        }
+    }
+
+    /// Checks for one device. `Err` only when the device is not in the inventory (or could
+    /// not be read: the error names the file).
+    pub fn device_checks(&self, bdf: Bdf) -> Result<Vec<Check>> {
+        let inv = self.inv;
+        let dev = inv.require(bdf)?;
+        let facts = dev.iommu_group.and_then(|g| self.group_facts(g));
+        let mut checks = Vec::new();
+        if dev.is_bridge() {
             checks.push(Check::new(
-                "link",
-                Level::Warn,
+                "endpoint",
+                Level::Fail,
                 format!(
-                    "link trained at {} x{} below its max {} x{}",
-                    link.current_speed.as_deref().unwrap_or("?"),
-                    link.current_width.unwrap_or(0),
-                    link.max_speed.as_deref().unwrap_or("?"),
-                    link.max_width.unwrap_or(0)
+                    "{} is a bridge ({}); bridges are not passed through",
+                    bdf, dev.class_name
                 ),
             ));
         }
-    }
-    if let Some(bar) = dev.largest_bar().filter(|b| b.size >= 64 << 30) {
-        checks.push(Check::new(
-            "large_bar",
-            Level::Warn,
-            format!("BAR{} is {}: the VMM must place it in a 64-bit MMIO window at least that large, and mapping it is slow without huge-page alignment", bar.index, format_size(bar.size)),
+        checks.extend(group_checks(inv, dev, facts.as_deref()));
+        checks.push(driver_check(dev));
+        checks.push(self.in_use_check(dev, facts.as_deref()));
+        checks.push(boot_vga_check(dev, facts.as_deref()));
+        checks.push(reset_check(
+            dev,
+            lists_reset_methods(inv.kernel_release.as_deref()),
         ));
+        checks.push(acs_check(inv, dev));
+        if let Some(link) = &dev.link {
+            if link.is_degraded() {
+                checks.push(Check::new(
+                    "link",
+                    Level::Warn,
+                    format!(
+                        "link trained at {} x{} below its max {} x{}",
+                        link.current_speed.as_deref().unwrap_or("?"),
+                        link.current_width.unwrap_or(0),
+                        link.max_speed.as_deref().unwrap_or("?"),
+                        link.max_width.unwrap_or(0)
+                    ),
+                ));
+            }
+        }
+        if let Some(bar) = dev.largest_bar().filter(|b| b.size >= 64 << 30) {
+            checks.push(Check::new(
+                "large_bar",
+                Level::Warn,
+                format!("BAR{} is {}: the VMM must place it in a 64-bit MMIO window at least that large, and mapping it is slow without huge-page alignment", bar.index, format_size(bar.size)),
+            ));
+        }
+        log_checks(&bdf.to_string(), &checks);
+        Ok(checks)
     }
-    log_checks(&bdf.to_string(), &checks);
-    Ok(checks)
+
+    fn in_use_check(&self, dev: &PciDevice, facts: Option<&GroupFacts>) -> Check {
+        let id = "in_use";
+        let evidence = match facts {
+            Some(f) => f.in_use.clone(),
+            None => self.usage.of_device(dev),
+        };
+        if !evidence.is_empty() {
+            return Check::new(
+                id,
+                Level::Fail,
+                format!(
+                    "the host uses {} or its IOMMU group: {}; binding would take it away",
+                    dev.bdf,
+                    name_some(&evidence)
+                ),
+            );
+        }
+        let blind = self.usage.blind_spots();
+        if blind.is_empty() {
+            Check::new(
+                id,
+                Level::Pass,
+                "no mounts, swap, holders, addressed interfaces, console or open device files on it or its group",
+            )
+        } else {
+            Check::new(
+                id,
+                Level::Warn,
+                format!("no use found, but {}", blind.join("; ")),
+            )
+        }
+    }
 }
 
-fn group_checks(inv: &Inventory, dev: &PciDevice) -> Vec<Check> {
+/// Bound to a driver that is neither vfio-pci nor pci-stub (which VFIO accepts in a group).
+fn on_host_driver(d: &PciDevice) -> bool {
+    !matches!(
+        d.driver.as_deref(),
+        None | Some(crate::VFIO_PCI_DRIVER) | Some("pci-stub")
+    )
+}
+
+fn group_checks(inv: &Inventory, dev: &PciDevice, facts: Option<&GroupFacts>) -> Vec<Check> {
     let Some(gid) = dev.iommu_group else {
         return vec![Check::new(
             "iommu_group",
@@ -234,7 +430,7 @@ fn group_checks(inv: &Inventory, dev: &PciDevice) -> Vec<Check> {
             ),
         )];
     };
-    let Some(group) = inv.groups.get(&gid) else {
+    let (Some(group), Some(facts)) = (inv.groups.get(&gid), facts) else {
         return vec![Check::new(
             "iommu_group",
             Level::Fail,
@@ -244,6 +440,16 @@ fn group_checks(inv: &Inventory, dev: &PciDevice) -> Vec<Check> {
             ),
         )];
     };
+    if group.devices.binary_search(&dev.bdf).is_err() {
+        return vec![Check::new(
+            "iommu_group",
+            Level::Fail,
+            format!(
+                "{} names group {gid}, but kernel/iommu_groups/{gid}/devices does not list it: the tree is inconsistent",
+                dev.bdf
+            ),
+        )];
+    }
     let mut v = vec![Check::new(
         "iommu_group",
         Level::Pass,
@@ -253,12 +459,43 @@ fn group_checks(inv: &Inventory, dev: &PciDevice) -> Vec<Check> {
             if group.devices.len() == 1 { "" } else { "s" }
         ),
     )];
-    v.push(match inv.group_viability(group) {
-        Viability::Viable => Check::new("group_viable", Level::Pass, format!("every endpoint of group {gid} is on vfio-pci or unbound")),
-        Viability::NotViable { bound_to_host } => {
-            let list: Vec<String> = bound_to_host.iter().map(|m| format!("{} ({})", m.bdf, m.driver.as_deref().unwrap_or("-"))).collect();
-            Check::new("group_viable", Level::Warn, format!("group {gid} is not viable yet: {} on host drivers; `vm-accel bind {}` moves the whole group to vfio-pci", list.join(", "), dev.bdf))
-        }
+    let others: Vec<&GroupMember> = facts.on_host.iter().filter(|m| m.bdf != dev.bdf).collect();
+    v.push(if others.is_empty() {
+        Check::new(
+            "group_viable",
+            Level::Pass,
+            format!("every other endpoint of group {gid} is on vfio-pci or has no driver"),
+        )
+    } else {
+        let list: Vec<String> = others
+            .iter()
+            .map(|m| {
+                let used = facts.in_use.iter().any(|u| u.bdf == m.bdf);
+                format!(
+                    "{} on {} ({})",
+                    m.bdf,
+                    m.driver.as_deref().unwrap_or("-"),
+                    if used { "in use" } else { "not in use" }
+                )
+            })
+            .take(MAX_NAMED + 1)
+            .collect();
+        let named = if others.len() > MAX_NAMED {
+            let mut l = list[..MAX_NAMED].to_vec();
+            l.push(format!("and {} more", others.len() - MAX_NAMED));
+            l.join(", ")
+        } else {
+            list.join(", ")
+        };
+        Check::new(
+            "group_viable",
+            Level::Fail,
+            format!(
+                "group {gid} is not viable: {named} on host drivers; `vm-accel bind {}` would move {} to vfio-pci",
+                dev.bdf,
+                if others.len() == 1 { "it" } else { "them" }
+            ),
+        )
     });
     v
 }
@@ -266,16 +503,26 @@ fn group_checks(inv: &Inventory, dev: &PciDevice) -> Vec<Check> {
 fn driver_check(dev: &PciDevice) -> Check {
     match dev.driver.as_deref() {
         Some(crate::VFIO_PCI_DRIVER) => Check::new("driver", Level::Pass, "bound to vfio-pci"),
-        None => Check::new("driver", Level::Pass, "no driver bound"),
+        None => Check::new(
+            "driver",
+            Level::Fail,
+            format!(
+                "no driver bound: a VMM opens it through vfio-pci; `vm-accel bind {}` binds it",
+                dev.bdf
+            ),
+        ),
         Some(d) => Check::new(
             "driver",
-            Level::Warn,
-            format!("bound to host driver {d}; `vm-accel bind` moves it to vfio-pci"),
+            Level::Fail,
+            format!(
+                "bound to host driver {d}; `vm-accel bind {}` moves it to vfio-pci",
+                dev.bdf
+            ),
         ),
     }
 }
 
-fn boot_vga_check(inv: &Inventory, dev: &PciDevice) -> Check {
+fn boot_vga_check(dev: &PciDevice, facts: Option<&GroupFacts>) -> Check {
     if dev.boot_vga {
         return Check::new(
             "boot_vga",
@@ -286,17 +533,13 @@ fn boot_vga_check(inv: &Inventory, dev: &PciDevice) -> Check {
             ),
         );
     }
-    if let Some(c) = inv
-        .group_companions(dev.bdf)
-        .into_iter()
-        .find(|c| c.boot_vga)
-    {
+    if let Some(c) = facts.and_then(|f| f.boot_vga) {
         return Check::new(
             "boot_vga",
             Level::Fail,
             format!(
-                "{} shares its IOMMU group with the boot VGA device {}",
-                dev.bdf, c.bdf
+                "{} shares its IOMMU group with the boot VGA device {c}",
+                dev.bdf
             ),
         );
     }

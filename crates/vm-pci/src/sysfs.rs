@@ -3,10 +3,119 @@
 //! All paths the crate touches are built here, from a [`SysfsRoot`], so that a captured tree
 //! (a fixture) and the live `/sys` are read by the same code.
 
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::Bdf;
+
+/// The most any sysfs or /proc attribute read takes. Real attributes are at most a page; a
+/// bigger file is not an attribute (a capture gone wrong, or `vendor` linked to /dev/zero).
+pub const MAX_ATTR_LEN: u64 = 64 << 10;
+
+/// Opens `path` for reading without blocking and only if it is a regular file.
+///
+/// `O_NONBLOCK` makes opening a FIFO return at once (a blocking open waits for a writer that
+/// may never come); `fstat` on the opened descriptor then refuses it, and character devices
+/// (`/dev/zero`), sockets and directories, before a single byte is read. Checking the
+/// descriptor, not the path, leaves no window for the file to be swapped in between.
+pub fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let ft = file.metadata()?.file_type();
+    if !ft.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a regular file ({})", file_kind(&ft)),
+        ));
+    }
+    Ok(file)
+}
+
+fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+/// Reads a whole regular file of at most `cap` bytes; a longer one is an error, not a
+/// silently cut value. The one reader every sysfs and /proc read of the workspace goes
+/// through (see [`open_regular`]).
+pub fn read_bounded(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = read_prefix(path, cap.saturating_add(1))?;
+    if bytes.len() as u64 > cap {
+        bytes.clear();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {cap} bytes: not a sysfs attribute"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads at most the first `limit` bytes of a regular file (config space: the rest, if a
+/// file has more, is not config space).
+pub fn read_prefix(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`read_bounded`] with [`MAX_ATTR_LEN`], as text (invalid UTF-8 is replaced, never fatal:
+/// the callers parse the text and say what is wrong with it).
+pub fn read_text(path: &Path) -> io::Result<String> {
+    let bytes = read_bounded(path, MAX_ATTR_LEN)?;
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// sysfs's filesystem magic (`SYSFS_MAGIC` in linux/magic.h).
+const SYSFS_MAGIC: u64 = 0x6265_6572;
+
+/// Whether `path` is on a sysfs filesystem.
+fn on_sysfs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` a buffer of the type statfs fills; it
+    // is read only when the call succeeds.
+    let rc = unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: statfs returned 0, so it initialised the buffer.
+    let st = unsafe { st.assume_init() };
+    // f_type's width differs between architectures; the magic fits 32 bits on all.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u64;
+    magic & 0xffff_ffff == SYSFS_MAGIC
+}
+
+/// Whether two paths are the same directory (device and inode, after following links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
 
 /// The directory sysfs is read from: `/sys` on a live host, any directory for a capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +166,11 @@ impl SysfsRoot {
         self.path.join("module")
     }
 
-    /// Whether this root is the live `/sys` (so /proc describes the same host).
+    /// Whether this root is the live kernel's sysfs (so /proc describes the same host, and
+    /// writes below it change the host). Decided by what the directory is, never by its
+    /// name: `/sys/../sys` or a symlink to /sys are live, a copy of /sys is not.
     pub fn is_live(&self) -> bool {
-        self.path == Path::new("/sys")
+        on_sysfs(&self.path) || same_file(&self.path, Path::new("/sys"))
     }
 
     /// Host facts that live outside sysfs: a capture keeps them as `<root>/<captured>`
@@ -71,9 +182,7 @@ impl SysfsRoot {
         } else {
             PathBuf::from(live)
         };
-        std::fs::read_to_string(path)
-            .ok()
-            .map(|s| s.trim().to_string())
+        read_text(&path).ok().map(|s| s.trim().to_string())
     }
 
     /// The kernel command line (`<root>/cmdline` in a capture, else `/proc/cmdline`).
@@ -97,8 +206,9 @@ impl SysfsRoot {
         let meta = std::fs::symlink_metadata(link).map_err(|e| Error::io(link, e))?;
         let target = if meta.file_type().is_symlink() {
             std::fs::read_link(link).map_err(|e| Error::io(link, e))?
-        } else if meta.is_file() && meta.len() <= MAX_LINK_FILE {
-            let text = std::fs::read_to_string(link).map_err(|e| Error::io(link, e))?;
+        } else if meta.is_file() {
+            let bytes = read_bounded(link, MAX_LINK_FILE).map_err(|e| Error::io(link, e))?;
+            let text = String::from_utf8_lossy(&bytes);
             let text = text.trim();
             if text.is_empty() || text.contains('\n') || text.contains('\0') {
                 return Err(Error::malformed(
@@ -161,7 +271,7 @@ fn normalize(p: &Path) -> PathBuf {
 
 /// Reads a whole attribute file; `Ok(None)` when it does not exist.
 pub(crate) fn read_opt(path: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path, e)),

@@ -118,7 +118,11 @@ fn h200_capture_readiness_says_no_iommu() {
     let dev = device_checks(&inv, bdf("0000:00:06.0")).unwrap();
     assert_eq!(check(&dev, "iommu_group").level, Level::Fail);
     assert_eq!(check(&dev, "reset").level, Level::Pass);
-    assert_eq!(check(&dev, "driver").level, Level::Warn);
+    assert_eq!(
+        check(&dev, "driver").level,
+        Level::Fail,
+        "on nvidia: a VMM cannot open it now"
+    );
     assert_eq!(check(&dev, "large_bar").level, Level::Warn);
     assert!(!all_pass(&dev));
     assert!(device_checks(&inv, bdf("0000:00:1f.0")).is_err());
@@ -170,10 +174,16 @@ fn synthetic_iommu_host_groups_and_viability() {
         v => panic!("group 1 should not be viable: {v:?}"),
     }
     let gpu = device_checks(&inv, bdf("0000:01:00.0")).unwrap();
-    assert_eq!(check(&gpu, "group_viable").level, Level::Warn);
-    assert!(check(&gpu, "group_viable")
-        .message
-        .contains("0000:01:00.1 (snd_hda_intel)"));
+    assert_eq!(check(&gpu, "group_viable").level, Level::Fail);
+    assert!(
+        check(&gpu, "group_viable")
+            .message
+            .contains("0000:01:00.1 on snd_hda_intel (not in use)"),
+        "{}",
+        check(&gpu, "group_viable").message
+    );
+    assert!(!vm_pci::readiness::is_ready(&gpu));
+    assert!(vm_pci::readiness::is_preparable(&gpu));
     assert_eq!(
         check(&gpu, "acs").level,
         Level::Pass,
@@ -187,7 +197,16 @@ fn synthetic_iommu_host_groups_and_viability() {
 
     // Already on vfio-pci: viable, everything passes.
     let nic = device_checks(&inv, bdf("0000:02:00.0")).unwrap();
-    assert!(nic.iter().all(|c| c.level == Level::Pass), "{nic:#?}");
+    assert!(
+        nic.iter()
+            .all(|c| c.level == Level::Pass || c.id == "in_use"),
+        "{nic:#?}"
+    );
+    assert!(vm_pci::readiness::is_ready(&nic));
+    assert!(
+        check(&nic, "in_use").message.contains("no /proc"),
+        "a fixture without proc/ says what it could not see"
+    );
 
     // A bridge in the group does not block it, but its missing ACS is reported.
     let g3 = inv.group_of(bdf("0000:03:00.0")).unwrap();
