@@ -37,19 +37,55 @@ impl KernelOp {
     }
 }
 
+/// One shell word: quoted only when it needs to be, so that replaying a printed command
+/// writes exactly `s`, whatever a path or name contains.
+fn shell_word(s: &str) -> String {
+    match shlex::try_quote(s) {
+        Ok(q) => q.into_owned(),
+        // A NUL cannot be passed through a shell at all; show it, unusable on purpose.
+        Err(_) => format!("'{}'", s.escape_default()),
+    }
+}
+
 impl fmt::Display for KernelOp {
-    /// Shell form, so a dry run can be read (and replayed) by a person.
+    /// Shell form, so a dry run can be read (and replayed) by a person; every word is
+    /// quoted as the shell needs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KernelOp::Write { path, value } if value.trim().is_empty() => {
-                write!(f, "echo > {}", path.display())
+                write!(f, "echo > {}", shell_word(&path.to_string_lossy()))
             }
             KernelOp::Write { path, value } => {
-                write!(f, "echo {value} > {}", path.display())
+                write!(
+                    f,
+                    "echo {} > {}",
+                    shell_word(value),
+                    shell_word(&path.to_string_lossy())
+                )
             }
-            KernelOp::LoadModule { module } => write!(f, "modprobe {module}"),
+            KernelOp::LoadModule { module } => write!(f, "modprobe {}", shell_word(module)),
         }
     }
+}
+
+/// Refuses a write whose path resolves outside `root` (through an absolute or `..`
+/// symlink anywhere on the way), before anything is opened for writing.
+pub fn confine(root: &Path, path: &Path) -> io::Result<PathBuf> {
+    let root = std::fs::canonicalize(root)
+        .map_err(|e| io::Error::new(e.kind(), format!("sysfs root {}: {e}", root.display())))?;
+    let real = std::fs::canonicalize(path)?;
+    if !real.starts_with(&root) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to write {}: it resolves to {}, outside the sysfs root {}",
+                path.display(),
+                real.display(),
+                root.display()
+            ),
+        ));
+    }
+    Ok(real)
 }
 
 /// Applies [`KernelOp`]s. Implementations must either apply an op or return an error; the
@@ -119,10 +155,20 @@ impl Kernel for SysfsKernel {
 /// needs it). Attributes are never created; a short or failed write is the kernel refusing.
 fn write_attr(path: &Path, value: &str) -> io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: opening a FIFO for writing would wait for a reader forever. The
+    // descriptor must be a regular file (every sysfs attribute is) before a byte goes out.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
     let n = f.write(value.as_bytes())?;
     if n != value.len() {
         return Err(io::Error::other(format!(
@@ -150,6 +196,52 @@ mod tests {
             module: "vfio-pci".into(),
         };
         assert_eq!(op.to_string(), "modprobe vfio-pci");
+    }
+
+    #[test]
+    fn printed_commands_are_quoted_for_replay() {
+        let op = KernelOp::write("/tmp/a b/$(reboot)/driver_override", "x; rm -rf /");
+        assert_eq!(
+            op.to_string(),
+            "echo 'x; rm -rf /' > '/tmp/a b/$(reboot)/driver_override'"
+        );
+        let op = KernelOp::write("/sys/x/`id`", "a b");
+        assert_eq!(op.to_string(), "echo 'a b' > '/sys/x/`id`'");
+    }
+
+    #[test]
+    fn writes_outside_the_root_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("sys");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(root.join("bus")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("bind"), "").unwrap();
+        std::os::unix::fs::symlink("../../outside", root.join("bus/escape")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("bus/abs")).unwrap();
+        std::fs::write(root.join("bus/ok"), "").unwrap();
+        assert!(confine(&root, &root.join("bus/ok")).is_ok());
+        for p in ["bus/escape/bind", "bus/abs/bind", "bus/../../outside/bind"] {
+            let e = confine(&root, &root.join(p)).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{p}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_fifo_attribute_is_refused_without_blocking() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("driver_override");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let e = SysfsKernel::for_tree()
+            .apply(&KernelOp::write(&path, "vfio-pci"))
+            .unwrap_err();
+        // No reader: ENXIO at open, or refused as not a regular file; either way at once.
+        assert!(
+            e.raw_os_error() == Some(libc::ENXIO) || e.kind() == io::ErrorKind::InvalidInput,
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use vm_pci::Bdf;
 
-pub use kernel::{Kernel, KernelOp, SysfsKernel};
+pub use kernel::{confine, Kernel, KernelOp, SysfsKernel};
 pub use record::{BindingRecord, DeviceRecord, LockGuard, Phase, Record, RecordError, RecordStore};
-pub use state::{DriverState, Paths, VFIO_PCI};
+pub use state::{valid_driver_name, DriverState, Paths, VFIO_PCI};
 
 /// One failed step, naming the device, the operation and the OS error.
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +198,9 @@ pub struct BindPlan {
     pub load_module: bool,
     /// Every device of the group, the target first.
     pub devices: Vec<PlannedDevice>,
+    /// Why there is nothing to do, when a real run would change nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl BindPlan {
@@ -259,9 +262,10 @@ pub struct Outcome {
 /// group, is not a bridge). Each returned string is a reason to refuse.
 pub type ReadinessHook = Box<dyn Fn(&Paths, Bdf) -> Vec<String>>;
 
-/// vm-pci's host and device readiness checks: every `Fail` is a refusal (warnings, such as
-/// "group not viable yet" or "bound to a host driver", are what binding fixes). The group
-/// and bridge checks are left to the binder, which makes them itself.
+/// vm-pci's host and device readiness checks: every `Fail` is a refusal, except what binding
+/// fixes ("group not viable yet", "bound to a host driver") and the group and bridge checks,
+/// which the binder makes itself. `in_use` (the host uses the device or a group member:
+/// a mount, swap, an addressed interface, the console, an open device file) is a refusal.
 pub fn vm_pci_readiness(paths: &Paths, bdf: Bdf) -> Vec<String> {
     vm_pci_readiness_failures(paths, bdf, &[])
 }
@@ -290,7 +294,11 @@ fn vm_pci_readiness_failures(paths: &Paths, bdf: Bdf, allowed: &[String]) -> Vec
     }
     checks
         .into_iter()
-        .filter(|c| c.level == Level::Fail && !matches!(c.id, "iommu_group" | "endpoint"))
+        .filter(|c| {
+            c.level == Level::Fail
+                && !matches!(c.id, "iommu_group" | "endpoint")
+                && !readiness::FIXED_BY_BIND.contains(&c.id)
+        })
         .filter(|c| {
             let ok = !NOT_ALLOWABLE.contains(&c.id) && allowed.iter().any(|a| a == c.id);
             if ok {
@@ -434,7 +442,37 @@ impl<K: Kernel> Binder<K> {
             refusals,
             load_module,
             devices,
+            note: None,
         })
+    }
+
+    /// What [`Binder::prepare`] would do now, exactly, reading only: no lock is taken and
+    /// nothing is created (not even the run directory). An unfinished earlier operation is
+    /// the refusal a real run would give; a binding vm-accel already made is "nothing to do".
+    pub fn preview(&self, bdf: Bdf) -> Result<BindPlan, BindError> {
+        let rec = self.store.peek()?;
+        let earlier = recorded(&rec, bdf, self.group_id(bdf))?;
+        let mut plan = self.plan(bdf)?;
+        if let Some(b) = earlier {
+            for d in &mut plan.devices {
+                d.ops.clear();
+                if d.action == Action::Bind {
+                    d.action = Action::AlreadyVfio;
+                }
+            }
+            plan.load_module = false;
+            plan.refusals.clear();
+            plan.note = Some(format!(
+                "already bound to vfio-pci by vm-accel (for {})",
+                b.target
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// The IOMMU group of `bdf`, when it can be read (for matching the record).
+    fn group_id(&self, bdf: Bdf) -> Option<u32> {
+        self.paths.iommu_group(bdf).ok().flatten().map(|(id, _)| id)
     }
 
     fn bind_ops(&self, bdf: Bdf, st: &DriverState) -> Vec<KernelOp> {
@@ -451,11 +489,16 @@ impl<K: Kernel> Binder<K> {
 
     fn apply(&mut self, bdf: Bdf, op: &KernelOp) -> Result<(), StepError> {
         log::info!("{op}");
-        self.kernel.apply(op).map_err(|source| StepError::Op {
+        let err = |source| StepError::Op {
             bdf,
             op: op.clone(),
             source,
-        })
+        };
+        // Whatever the kernel implementation, no write leaves the sysfs root.
+        if let KernelOp::Write { path, .. } = op {
+            kernel::confine(self.paths.root(), path).map_err(err)?;
+        }
+        self.kernel.apply(op).map_err(err)
     }
 
     /// Polls until `bdf` is bound to `want` (probing can be asynchronous).
@@ -588,13 +631,7 @@ impl<K: Kernel> Binder<K> {
     pub fn prepare(&mut self, bdf: Bdf) -> Result<Outcome, BindError> {
         let lock = self.store.lock()?;
         let mut rec = self.store.load(&lock)?;
-        if let Some(b) = rec.find(bdf) {
-            if b.phase != Phase::Bound {
-                return Err(BindError::Interrupted {
-                    bdf,
-                    phase: b.phase,
-                });
-            }
+        if let Some(b) = recorded(&rec, bdf, self.group_id(bdf))? {
             let b = b.clone();
             return Ok(Outcome {
                 target: bdf,
@@ -727,10 +764,30 @@ impl<K: Kernel> Binder<K> {
         Ok(results)
     }
 
-    /// The current record (for `vm-accel restore --dry-run`-style listings).
+    /// The current record (for `vm-accel restore --dry-run`-style listings), read without
+    /// the lock and without creating anything.
     pub fn record(&self) -> Result<Record, BindError> {
-        let lock = self.store.lock()?;
-        Ok(self.store.load(&lock)?)
+        Ok(self.store.peek()?)
+    }
+}
+
+/// The binding vm-accel already made that contains `bdf` or its IOMMU group `group`, or the
+/// refusal when an earlier operation on it did not finish (the same answer for `prepare`
+/// and its dry run).
+fn recorded(
+    rec: &Record,
+    bdf: Bdf,
+    group: Option<u32>,
+) -> Result<Option<&BindingRecord>, BindError> {
+    let found = rec
+        .find(bdf)
+        .or_else(|| group.and_then(|g| rec.bindings.iter().find(|b| b.iommu_group == Some(g))));
+    match found {
+        Some(b) if b.phase != Phase::Bound => Err(BindError::Interrupted {
+            bdf,
+            phase: b.phase,
+        }),
+        other => Ok(other),
     }
 }
 

@@ -20,6 +20,8 @@ pub const DEFAULT_RUN_DIR: &str = "/run/vm-accel";
 const RECORD_FILE: &str = "bindings.json";
 const LOCK_FILE: &str = "lock";
 const RECORD_VERSION: u32 = 1;
+/// A record holds a few lines per bound device; anything this large is not one.
+const MAX_RECORD_LEN: u64 = 4 << 20;
 
 /// Errors of the record and the lock; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -207,9 +209,20 @@ impl RecordStore {
 
     /// The current record (empty when there is none). Needs the lock held.
     pub fn load(&self, _lock: &LockGuard) -> Result<Record, RecordError> {
+        self.read()
+    }
+
+    /// The current record, read without the lock and without creating anything (dry runs:
+    /// they write nothing and wait for no one). The record is replaced by rename, so an
+    /// unlocked read sees the old or the new one, never a torn one.
+    pub fn peek(&self) -> Result<Record, RecordError> {
+        self.read()
+    }
+
+    fn read(&self) -> Result<Record, RecordError> {
         let path = self.record_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let text = match vm_pci::read_bounded(&path, MAX_RECORD_LEN) {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(Record {
                     version: RECORD_VERSION,
@@ -230,6 +243,18 @@ impl RecordStore {
                     rec.version
                 ),
             });
+        }
+        // Driver names become paths that restore writes to: a crafted record must not
+        // steer a write out of sysfs.
+        for b in &rec.bindings {
+            for d in &b.devices {
+                d.original
+                    .validate()
+                    .map_err(|reason| RecordError::Malformed {
+                        path: path.clone(),
+                        reason: format!("{}: {reason}", d.bdf),
+                    })?;
+            }
         }
         Ok(rec)
     }

@@ -86,11 +86,13 @@ impl Paths {
         resolve_link(&link)
     }
 
-    /// Reads a device's driver and driver_override.
+    /// Reads a device's driver and driver_override. Names that are not one plain path
+    /// component are an error: they end up in paths that are written to.
     pub fn driver_state(&self, bdf: Bdf) -> io::Result<DriverState> {
         let dir = self.device_dir(bdf)?;
         let driver = link_name(&dir.join("driver"))?;
-        let driver_override = match std::fs::read_to_string(dir.join("driver_override")) {
+        let override_path = dir.join("driver_override");
+        let driver_override = match vm_pci::read_text(&override_path) {
             Ok(s) => parse_override(&s),
             // Kernels before 3.16 have no driver_override; binding needs it.
             Err(e) => {
@@ -100,16 +102,24 @@ impl Paths {
                 ))
             }
         };
-        Ok(DriverState {
+        let st = DriverState {
             driver,
             driver_override,
-        })
+        };
+        st.validate().map_err(|reason| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {reason}", dir.display()),
+            )
+        })?;
+        Ok(st)
     }
 
     /// The device's PCI class code (24 bits), from `<dev>/class`.
     pub fn class(&self, bdf: Bdf) -> io::Result<u32> {
         let path = self.device_dir(bdf)?.join("class");
-        let s = std::fs::read_to_string(&path)?;
+        let s = vm_pci::read_text(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let t = s.trim();
         u32::from_str_radix(t.trim_start_matches("0x"), 16).map_err(|_| {
             io::Error::new(
@@ -155,8 +165,51 @@ impl Paths {
             }
         }
         members.sort();
+        // A device its own group does not list is an inconsistent tree, not a group of
+        // other devices to bind in its place.
+        if members.binary_search(&bdf).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{bdf} names IOMMU group {id}, but {} does not list it",
+                    devices.display()
+                ),
+            ));
+        }
         Ok(Some((id, members)))
     }
+}
+
+impl DriverState {
+    /// Both names must be usable as one path component (see [`valid_driver_name`]).
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, v) in [
+            ("driver", &self.driver),
+            ("driver_override", &self.driver_override),
+        ] {
+            if let Some(name) = v {
+                if !valid_driver_name(name) {
+                    return Err(format!(
+                        "{what} {name:?} is not a driver name (one path component of printable characters)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A driver name as the kernel registers them: one path component (no `/`, not `.` or
+/// `..`), printable, no whitespace or backslash, at most 255 bytes. Anything else read from a record or
+/// a tree would let a path built from it (`drivers/<name>/bind`) point somewhere else.
+pub fn valid_driver_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && c != '/' && c != '\\')
 }
 
 /// `(null)` (the kernel's "no override") and an empty file both mean none.

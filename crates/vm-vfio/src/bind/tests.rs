@@ -538,3 +538,106 @@ proptest! {
         prop_assert!(h.binder.record().unwrap().bindings.is_empty());
     }
 }
+
+// Host safety (issue 10): writes stay inside the root, names from records are checked,
+// dry runs are read-only and faithful, devices the host uses are refused.
+
+#[test]
+fn a_crafted_record_cannot_steer_restore_out_of_sysfs() {
+    let mut h = host(gpu_host());
+    let outside = h.binder.paths().root().parent().unwrap().join("tmp/x");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("bind"), "").unwrap();
+    let run = h.binder.store().dir().to_path_buf();
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("bindings.json"),
+        r#"{"version":1,"bindings":[{"target":"0000:41:00.0","iommu_group":5,"phase":"bound",
+        "devices":[{"bdf":"0000:41:00.0","original":{"driver":"../../../../tmp/x","driver_override":null}}],
+        "pid":1,"created":0}]}"#,
+    )
+    .unwrap();
+    let e = h.binder.restore().unwrap_err();
+    assert!(
+        e.to_string().contains("not a driver name"),
+        "refused as malformed: {e}"
+    );
+    assert_eq!(h.binder.kernel_mut().steps(), 0);
+    assert_eq!(std::fs::read_to_string(outside.join("bind")).unwrap(), "");
+}
+
+#[test]
+fn a_write_through_a_link_out_of_the_root_is_refused_before_it_happens() {
+    let mut h = host(gpu_host().loaded("vfio-pci"));
+    let root = h.binder.paths().root().to_path_buf();
+    // The nvidia driver directory is a link to somewhere outside the tree.
+    let outside = root.parent().unwrap().join("outside-driver");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("unbind"), "").unwrap();
+    let drv = root.join("bus/pci/drivers/nvidia");
+    std::fs::remove_dir_all(&drv).unwrap();
+    std::os::unix::fs::symlink(&outside, &drv).unwrap();
+    let before = h.state("0000:41:00.0");
+    let e = h.binder.prepare(bdf("0000:41:00.0")).unwrap_err();
+    assert!(e.to_string().contains("outside the sysfs root"), "{e}");
+    assert_eq!(std::fs::read_to_string(outside.join("unbind")).unwrap(), "");
+    assert_eq!(h.state("0000:41:00.0"), before, "rolled back");
+}
+
+#[test]
+fn a_device_its_group_does_not_list_is_an_error_not_a_plan_for_others() {
+    let h = host(gpu_host());
+    let root = h.binder.paths().root().to_path_buf();
+    std::fs::remove_file(root.join("kernel/iommu_groups/5/devices/0000:41:00.0")).unwrap();
+    let e = h.binder.plan(bdf("0000:41:00.0")).unwrap_err();
+    assert!(e.to_string().contains("does not list it"), "{e}");
+}
+
+#[test]
+fn dry_runs_take_no_lock_create_nothing_and_refuse_like_the_real_run() {
+    let mut h = host(gpu_host());
+    let run = h.binder.store().dir().to_path_buf();
+    h.binder.preview(bdf("0000:41:00.0")).unwrap();
+    h.binder.record().unwrap();
+    assert!(!run.exists(), "a dry run created {}", run.display());
+    // A bind killed mid-way: the real run refuses, so the dry run must too.
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("bindings.json"),
+        r#"{"version":1,"bindings":[{"target":"0000:41:00.0","iommu_group":5,"phase":"binding",
+        "devices":[{"bdf":"0000:41:00.0","original":{"driver":"nvidia","driver_override":null}}],
+        "pid":1,"created":0}]}"#,
+    )
+    .unwrap();
+    let real = h.binder.prepare(bdf("0000:41:00.0")).unwrap_err();
+    assert!(matches!(real, BindError::Interrupted { .. }), "{real}");
+    let dry = h.binder.preview(bdf("0000:41:00.1")).unwrap_err();
+    assert!(matches!(dry, BindError::Interrupted { .. }), "{dry}");
+    // While another process holds the lock, a dry run still answers at once.
+    let _held = h.binder.store().lock().unwrap();
+    let started = std::time::Instant::now();
+    assert!(h.binder.record().is_ok());
+    assert!(started.elapsed() < Duration::from_millis(150));
+}
+
+#[test]
+fn a_device_the_host_uses_is_refused_unless_allowed() {
+    let h = host(gpu_host().loaded("vfio-pci"));
+    let root = h.binder.paths().root().to_path_buf();
+    // A process holds the GPU's device node (the driver's minor map is absent, so any
+    // /dev/nvidiaN may be this GPU).
+    let fd = root.join("proc/777/fd");
+    std::fs::create_dir_all(&fd).unwrap();
+    std::fs::write(root.join("proc/777/comm"), "python3\n").unwrap();
+    std::os::unix::fs::symlink("/dev/nvidia0", fd.join("5")).unwrap();
+    let plan = h.binder.plan(bdf("0000:41:00.1")).unwrap();
+    let r = plan.refusals.join("; ");
+    assert!(
+        r.contains("in_use:") && r.contains("/dev/nvidia0 open by pid 777 (python3)"),
+        "{r}"
+    );
+    assert!(r.contains("--allow in_use"), "the override is named: {r}");
+    let Host { _dir, binder, .. } = h;
+    let b = binder.with_readiness(Some(vm_pci_readiness_allowing(vec!["in_use".into()])));
+    assert!(b.plan(bdf("0000:41:00.1")).unwrap().refusals.is_empty());
+}
