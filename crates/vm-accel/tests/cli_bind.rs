@@ -60,7 +60,11 @@ fn a_second_process_waits_for_the_lock_then_says_who_holds_it() {
         dir.path(),
         &["bind", "0000:41:00.0", "--lock-timeout-ms", "300", "--json"],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a held lock is an error (docs/json-schema.md)"
+    );
     assert!(started.elapsed() >= Duration::from_millis(300), "it waited");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let err = v["error"].as_str().unwrap_or_default();

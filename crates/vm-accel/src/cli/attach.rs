@@ -136,7 +136,7 @@ pub fn attach_test(g: &Global, a: AttachTestArgs) -> CmdResult {
     if g.json {
         super::print_json(&r)?;
     } else {
-        println!(
+        outln!(
             "{}: attached through the {} in {:.1} ms (open + KVM VFIO add {:.1} ms, DMA map of {} MiB {:.1} ms, memory slots {:.1} ms); detached in {:.1} ms",
             r.bdf,
             r.backend,
@@ -148,7 +148,7 @@ pub fn attach_test(g: &Global, a: AttachTestArgs) -> CmdResult {
             ms(r.timings_us.detach),
         );
         for b in &r.bars {
-            println!(
+            outln!(
                 "  BAR{}: {:#x} bytes at guest {:#x} ({}-bit{}), {} memory slot(s)",
                 b.index,
                 b.size,
@@ -158,14 +158,14 @@ pub fn attach_test(g: &Global, a: AttachTestArgs) -> CmdResult {
                 b.slots.len()
             );
         }
-        println!(
+        outln!(
             "  interrupts: {} MSI, {} MSI-X vectors; registered with the KVM VFIO device: {}",
             r.msi_vectors,
             r.msix_vectors,
             if r.kvm_vfio_registered { "yes" } else { "NO" }
         );
         for e in &r.detach_errors {
-            println!("  detach error: {e}");
+            outln!("  detach error: {e}");
         }
     }
     Ok(if ok {

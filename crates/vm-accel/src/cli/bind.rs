@@ -13,7 +13,8 @@ use vm_vfio::bind::{
     Action, BindError, BindPlan, Binder, KernelOp, Outcome, Paths, Record, RecordStore, SysfsKernel,
 };
 
-use super::{CmdResult, Global};
+use super::table::clean;
+use super::{warn_line, CmdResult, Global, EXIT_ERROR};
 
 /// Where the record lives and how long to wait; shared by the three commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,7 +39,7 @@ pub struct BindArgs {
     pub dry_run: bool,
     /// Bind although this readiness check (an id from `vm-accel check`, e.g. `reset`)
     /// fails; repeat for several. The failure is still logged.
-    #[arg(long = "allow", value_name = "CHECK")]
+    #[arg(long = "allow", value_name = "CHECK", value_parser = check_id)]
     pub allow: Vec<String>,
     #[command(flatten)]
     pub run: RunOpts,
@@ -61,9 +62,23 @@ pub struct RestoreArgs {
     pub run: RunOpts,
 }
 
+/// `--allow` takes a check id `vm-accel check` prints; a typo must not silently allow
+/// nothing (or, worse, look as if it allowed something).
+fn check_id(s: &str) -> Result<String, String> {
+    if vm_pci::readiness::CHECK_IDS.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "unknown check {s:?}; checks are: {}",
+            vm_pci::readiness::CHECK_IDS.join(", ")
+        ))
+    }
+}
+
 fn binder(g: &Global, run: &RunOpts, allow: &[String]) -> Binder<SysfsKernel> {
-    // Modules are loaded only for the live kernel: a fixture root is not it.
-    let kernel = if g.sysfs_root == Path::new("/sys") {
+    // Modules are loaded only for the live kernel: a fixture root is not it. What the root
+    // is decides, not how it is spelled (`/sys/../sys` is the live kernel too).
+    let kernel = if vm_pci::SysfsRoot::new(&g.sysfs_root).is_live() {
         SysfsKernel::live()
     } else {
         SysfsKernel::for_tree()
@@ -98,6 +113,9 @@ struct ResultOutput<'a> {
     outcome: Option<&'a Outcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// The process's exit status, with `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<u8>,
     /// Readiness failures when the bind was refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     refusals: Vec<String>,
@@ -121,10 +139,10 @@ fn emit_json<T: Serialize>(out: &mut dyn Write, v: &T) -> anyhow::Result<()> {
 }
 
 fn state_word(s: &vm_vfio::bind::DriverState) -> String {
-    let d = s.driver.as_deref().unwrap_or("(no driver)");
+    let d = clean(s.driver.as_deref().unwrap_or("(no driver)"));
     match &s.driver_override {
-        Some(o) => format!("{d} [override {o}]"),
-        None => d.to_string(),
+        Some(o) => format!("{d} [override {}]", clean(o)),
+        None => d.into_owned(),
     }
 }
 
@@ -145,8 +163,12 @@ fn print_plan(out: &mut dyn Write, plan: &BindPlan) -> anyhow::Result<()> {
     if !plan.refusals.is_empty() {
         writeln!(out, "refused:")?;
         for r in &plan.refusals {
-            writeln!(out, "  - {r}")?;
+            writeln!(out, "  - {}", clean(r))?;
         }
+        return Ok(());
+    }
+    if let Some(n) = &plan.note {
+        writeln!(out, "nothing to do: {n}")?;
         return Ok(());
     }
     let ops = plan.ops();
@@ -190,8 +212,6 @@ fn print_outcome(out: &mut dyn Write, verb: &str, o: &Outcome) -> anyhow::Result
     Ok(())
 }
 
-/// Reports a lifecycle error: exit 1 for refusals and failed binds/releases (the device state
-/// is described), anything else (unreadable sysfs, lock held...) too, with the error text.
 /// Prints a bind/unbind result (`verb` says what happened on success) in `schema`.
 fn report_result(
     g: &Global,
@@ -212,6 +232,7 @@ fn report_result(
                 ok: true,
                 outcome: Some(&o),
                 error: None,
+                exit_code: None,
                 refusals: Vec::new(),
             },
         )?;
@@ -221,6 +242,23 @@ fn report_result(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The exit status of a lifecycle error (docs/json-schema.md): 1 when the operation was
+/// refused or failed and the host state is described (refusals, a rolled-back bind, an
+/// unfinished earlier operation, a device vm-accel did not bind); 2 for errors (no such
+/// device, unreadable sysfs, a bad or malformed record, the lock held by another process).
+fn exit_code(e: &BindError) -> u8 {
+    match e {
+        BindError::Refused { .. }
+        | BindError::Failed { .. }
+        | BindError::ReleaseFailed { .. }
+        | BindError::Interrupted { .. }
+        | BindError::NotRecorded { .. } => 1,
+        BindError::Read { .. } | BindError::Record(_) => EXIT_ERROR,
+    }
+}
+
+/// Reports a lifecycle error with the status [`exit_code`] gives it: JSON in `schema` with
+/// `ok: false` and `error` on stdout (with --json), the message on stderr.
 fn report_error(g: &Global, out: &mut dyn Write, schema: &'static str, e: &BindError) -> CmdResult {
     let refusals = match e {
         BindError::Refused { reasons, .. } => reasons.clone(),
@@ -234,22 +272,59 @@ fn report_error(g: &Global, out: &mut dyn Write, schema: &'static str, e: &BindE
                 ok: false,
                 outcome: None,
                 error: Some(e.to_string()),
+                exit_code: Some(exit_code(e)),
                 refusals,
             },
         )?;
     }
-    eprintln!("vm-accel: {e}");
-    Ok(ExitCode::from(1))
+    warn_line(format_args!("vm-accel: {}", clean(&e.to_string())));
+    Ok(ExitCode::from(exit_code(e)))
 }
 
 pub fn bind(g: &Global, a: BindArgs) -> CmdResult {
-    bind_to(g, a, &mut std::io::stdout().lock())
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    bind_to(g, a, &mut std::io::stdout().lock(), root)
 }
 
-fn bind_to(g: &Global, a: BindArgs, out: &mut dyn Write) -> CmdResult {
+/// Binding changes the host: it needs root, unless the record goes to a directory the
+/// user chose (`--run-dir`, with a tree they may write as `--sysfs-root`).
+fn needs_root(a: &BindArgs, root: bool) -> bool {
+    !a.dry_run && !root && a.run.run_dir == Path::new(vm_vfio::bind::record::DEFAULT_RUN_DIR)
+}
+
+fn bind_to(g: &Global, a: BindArgs, out: &mut dyn Write, root: bool) -> CmdResult {
     let mut b = binder(g, &a.run, &a.allow);
+    if needs_root(&a, root) {
+        // Show what would stop the bind anyway, then why this user cannot do it.
+        let plan = match b.preview(a.bdf) {
+            Ok(p) => p,
+            Err(e) => return report_error(g, out, "vm-accel.bind/v1", &e),
+        };
+        let msg =
+            "vm-accel bind needs root (or --run-dir DIR with a --sysfs-root tree you can write)";
+        if g.json {
+            emit_json(
+                out,
+                &ResultOutput {
+                    schema: "vm-accel.bind/v1",
+                    ok: false,
+                    outcome: None,
+                    error: Some(msg.to_string()),
+                    exit_code: Some(EXIT_ERROR),
+                    refusals: plan.refusals,
+                },
+            )?;
+        } else {
+            for r in &plan.refusals {
+                writeln!(out, "refused: {}", clean(r))?;
+            }
+        }
+        warn_line(format_args!("vm-accel: {msg}"));
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
     if a.dry_run {
-        let plan = match b.plan(a.bdf) {
+        let plan = match b.preview(a.bdf) {
             Ok(p) => p,
             Err(e) => return report_error(g, out, "vm-accel.bind-plan/v1", &e),
         };
@@ -363,7 +438,7 @@ fn restore_to(g: &Global, a: RestoreArgs, out: &mut dyn Write) -> CmdResult {
             print_outcome(out, "restored", o)?;
         }
         for f in &failed {
-            eprintln!("vm-accel: {f}");
+            warn_line(format_args!("vm-accel: {}", clean(f)));
         }
     }
     Ok(if ok {
@@ -411,7 +486,7 @@ mod tests {
             let cli = super::super::Cli::try_parse_from(argv).unwrap();
             let mut out = Vec::new();
             let code = match cli.command {
-                super::super::Command::Bind(a) => bind_to(&cli.global, a, &mut out),
+                super::super::Command::Bind(a) => bind_to(&cli.global, a, &mut out, true),
                 super::super::Command::Unbind(a) => unbind_to(&cli.global, a, &mut out),
                 super::super::Command::Restore(a) => restore_to(&cli.global, a, &mut out),
                 _ => unreachable!(),

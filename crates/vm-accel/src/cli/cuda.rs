@@ -161,14 +161,14 @@ fn place(g: &Global, d: &DeviceInfo) -> GpuPlace {
 }
 
 /// One line per ordered pair: `0 -> 1  NVLink (...), performance rank 0`.
-pub fn print_topology(t: &Topology) {
+pub fn print_topology(t: &Topology) -> anyhow::Result<()> {
     if t.links.is_empty() {
-        println!("peers: none ({} GPU)", t.gpus.len());
-        return;
+        outln!("peers: none ({} GPU)", t.gpus.len());
+        return Ok(());
     }
-    println!("peers:");
+    outln!("peers:");
     for p in &t.gpus {
-        println!(
+        outln!(
             "  GPU {} = {} (NUMA node {})",
             p.ordinal,
             p.pci_bdf,
@@ -183,11 +183,14 @@ pub fn print_topology(t: &Topology) {
             vm_cuda::LinkKind::Pcie => "PCIe (peer access, no native atomics)",
             vm_cuda::LinkKind::None => "no peer access (copies go through host memory)",
         };
-        println!(
+        outln!(
             "  {} -> {}  {how}, performance rank {}",
-            l.src, l.dst, l.performance_rank
+            l.src,
+            l.dst,
+            l.performance_rank
         );
     }
+    Ok(())
 }
 
 fn info(g: &Global) -> CmdResult {
@@ -214,12 +217,12 @@ fn info(g: &Global) -> CmdResult {
     }
     let (version, devices, topology) =
         result.map_err(|e| anyhow::anyhow!("no usable CUDA devices: {}", explain(&e)))?;
-    println!("CUDA driver {version}, {} device(s)", devices.len());
+    outln!("CUDA driver {version}, {} device(s)", devices.len());
     for d in &devices {
-        println!("{}: {}", d.ordinal, d.name);
-        println!("  pci        {}", d.pci_bdf);
-        println!("  uuid       {}", d.uuid.as_deref().unwrap_or("-"));
-        println!(
+        outln!("{}: {}", d.ordinal, d.name);
+        outln!("  pci        {}", d.pci_bdf);
+        outln!("  uuid       {}", d.uuid.as_deref().unwrap_or("-"));
+        outln!(
             "  memory     {:.1} GiB, {}-bit bus at {} MHz, peak {}",
             d.total_memory_bytes as f64 / (1u64 << 30) as f64,
             d.memory_bus_width_bits,
@@ -228,7 +231,7 @@ fn info(g: &Global) -> CmdResult {
                 .map(|p| format!("{p:.0} GB/s"))
                 .unwrap_or_else(|| "unknown".into())
         );
-        println!(
+        outln!(
             "  compute    sm_{}{}, {} SMs at {} MHz, ECC {}",
             d.compute_capability.0,
             d.compute_capability.1,
@@ -236,14 +239,14 @@ fn info(g: &Global) -> CmdResult {
             d.clock_khz / 1000,
             if d.ecc_enabled { "on" } else { "off" }
         );
-        println!(
+        outln!(
             "  limits     {} threads/block, shared memory {} KiB/block ({} KiB opt-in)",
             d.limits.max_threads_per_block,
             d.limits.max_shared_per_block / 1024,
             d.limits.max_shared_per_block_optin / 1024
         );
         if let Some(p) = topology.gpus.iter().find(|p| p.ordinal == d.ordinal) {
-            println!(
+            outln!(
                 "  numa       {}, PCI path {}",
                 p.numa_node
                     .map(|n| n.to_string())
@@ -256,7 +259,7 @@ fn info(g: &Global) -> CmdResult {
             );
         }
     }
-    print_topology(&topology);
+    print_topology(&topology)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -288,8 +291,8 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
             report: &report,
         })?;
     } else {
-        print_report(&report);
-        println!("result: {}", verdict_line(&report));
+        print_report(&report)?;
+        outln!("result: {}", verdict_line(&report));
     }
     Ok(exit_code(report.verdict))
 }
@@ -310,9 +313,9 @@ fn verdict_line(r: &HealthReport) -> String {
     }
 }
 
-fn print_report(report: &HealthReport) {
+fn print_report(report: &HealthReport) -> anyhow::Result<()> {
     let d = &report.device;
-    println!(
+    outln!(
         "CUDA device {}: {} ({}, {}), driver {}.{}",
         d.ordinal,
         d.name,
@@ -322,7 +325,7 @@ fn print_report(report: &HealthReport) {
         report.driver_version.1
     );
     for c in &report.checks {
-        println!(
+        outln!(
             "  {:<4} {:<15} {:>9.1} ms  {}",
             if c.passed { "PASS" } else { "FAIL" },
             c.name,
@@ -331,8 +334,9 @@ fn print_report(report: &HealthReport) {
         );
     }
     for u in &report.other_users {
-        println!("  also using the GPU: pid {} ({})", u.pid, u.comm);
+        outln!("  also using the GPU: pid {} ({})", u.pid, u.comm);
     }
+    Ok(())
 }
 
 fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
@@ -352,26 +356,26 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
     for d in &report.devices {
         match (&d.report, &d.error) {
             (Some(r), _) => {
-                print_report(r);
-                println!("  device {}: {}", d.ordinal, verdict_line(r));
+                print_report(r)?;
+                outln!("  device {}: {}", d.ordinal, verdict_line(r));
             }
-            (None, e) => println!(
+            (None, e) => outln!(
                 "CUDA device {}: could not run: {}",
                 d.ordinal,
                 e.as_deref().unwrap_or("?")
             ),
         }
     }
-    println!(
+    outln!(
         "devices checked in parallel in {:.0} ms",
         report.devices_elapsed_ms
     );
     match &report.peers.skipped {
-        Some(why) => println!("peer copies: skipped: {why}"),
+        Some(why) => outln!("peer copies: skipped: {why}"),
         None => {
-            println!("peer copies ({:.0} ms):", report.peers_elapsed_ms);
+            outln!("peer copies ({:.0} ms):", report.peers_elapsed_ms);
             for p in &report.peers.pairs {
-                println!(
+                outln!(
                     "  {:<4} {} -> {}  {}",
                     if p.passed { "PASS" } else { "FAIL" },
                     p.src,
@@ -382,9 +386,9 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
         }
     }
     for l in &report.peers.without_access {
-        println!("  skip {} -> {}  no peer access", l.src, l.dst);
+        outln!("  skip {} -> {}  no peer access", l.src, l.dst);
     }
-    println!(
+    outln!(
         "result: {}",
         match report.verdict {
             Verdict::Healthy => "PASS",

@@ -2,10 +2,20 @@
 //! group lives in its own module. The binary calls [`main`]; `cargo xtask man` renders
 //! [`command`] with clap_mangen.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+
+/// `println!` that returns write errors (a closed pipe, a full disk) to the caller instead
+/// of panicking; [`main`] turns them into coreutils' behaviour.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
 
 mod attach;
 mod bind;
@@ -73,7 +83,7 @@ enum Command {
 
 /// Prints a value as pretty JSON on stdout.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -100,11 +110,66 @@ pub fn command() -> clap::Command {
     Cli::command()
 }
 
+/// Exit status for "stdout is a closed pipe": what a shell reports for a coreutils program
+/// killed by SIGPIPE (128 + 13), without a message.
+const EXIT_BROKEN_PIPE: u8 = 141;
+
+/// An error that ends a command with exit status 2, for every command (docs/json-schema.md).
+pub(crate) const EXIT_ERROR: u8 = 2;
+
+/// The one shape of an error with `--json` (schema `vm-accel.error/v1`): on stdout, for
+/// every command that fails before printing its own document.
+#[derive(Debug, serde::Serialize)]
+struct ErrorOutput<'a> {
+    schema: &'static str,
+    ok: bool,
+    error: &'a str,
+    exit_code: u8,
+}
+
+fn write_error_json(msg: &str, code: u8) -> std::io::Result<()> {
+    let v = ErrorOutput {
+        schema: "vm-accel.error/v1",
+        ok: false,
+        error: msg,
+        exit_code: code,
+    };
+    let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()
+}
+
+/// Writes a diagnostic to stderr; a closed stderr is not worth a panic.
+pub(crate) fn warn_line(msg: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+/// The I/O error at the root of `e`, if writing output is what failed.
+fn output_error(e: &anyhow::Error) -> Option<&std::io::Error> {
+    e.chain().find_map(|c| c.downcast_ref::<std::io::Error>())
+}
+
 /// Runs the command line on the process's arguments; the exit code follows
 /// docs/json-schema.md (0 success, 1 a check failed, 2 an error).
 pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let json = std::env::args_os().any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version: not errors.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            if json && write_error_json(e.render().to_string().trim(), EXIT_ERROR).is_err() {
+                return ExitCode::from(EXIT_ERROR);
+            }
+            let _ = e.print();
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
     let g = &cli.global;
     let result = match cli.command {
         Command::List(a) => pci::list(g, a),
@@ -117,11 +182,38 @@ pub fn main() -> ExitCode {
         Command::AttachTest(a) => attach::attach_test(g, a),
         Command::Completions { shell } => completions(shell),
     };
+    let result = result.and_then(|code| {
+        std::io::stdout().lock().flush()?;
+        Ok(code)
+    });
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("vm-accel: error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => match output_error(&e) {
+            Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {
+                ExitCode::from(EXIT_BROKEN_PIPE)
+            }
+            Some(io) if is_write_error(&e) => {
+                warn_line(format_args!("vm-accel: error: writing output: {io}"));
+                ExitCode::from(EXIT_ERROR)
+            }
+            _ => {
+                let msg = format!("{e:#}");
+                if g.json {
+                    if let Err(io) = write_error_json(&msg, EXIT_ERROR) {
+                        if io.kind() == std::io::ErrorKind::BrokenPipe {
+                            return ExitCode::from(EXIT_BROKEN_PIPE);
+                        }
+                    }
+                }
+                warn_line(format_args!("vm-accel: error: {msg}"));
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
     }
+}
+
+/// Whether `e` is an error writing stdout (as opposed to, say, an I/O error reading sysfs
+/// that a command returned): output errors are bare `io::Error`s with no context.
+fn is_write_error(e: &anyhow::Error) -> bool {
+    e.chain().count() == 1 && e.downcast_ref::<std::io::Error>().is_some()
 }

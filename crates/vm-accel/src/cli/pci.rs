@@ -3,12 +3,18 @@
 use std::process::ExitCode;
 
 use serde::Serialize;
+
+use std::io::Write;
 use vm_pci::bar::format_size;
 use vm_pci::config::{CapDetail, ExtDetail};
-use vm_pci::readiness::{all_pass, device_checks, host_checks};
-use vm_pci::{Bdf, Check, ConfigRead, Inventory, PciDevice, SysfsRoot, Viability};
 
-use super::{print_json, table, CmdResult, Global};
+use vm_pci::readiness::{all_pass, host_checks, is_preparable, is_ready};
+use vm_pci::{
+    Bdf, Check, ConfigRead, InUse, Inventory, PciDevice, Readiness, SysfsRoot, Viability,
+};
+
+use super::table::clean;
+use super::{print_json, table, warn_line, CmdResult, Global};
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
@@ -52,14 +58,17 @@ fn topology_field(g: &Global, wanted: bool) -> Option<TopologyField> {
     })
 }
 
-fn print_topology_field(t: Option<TopologyField>) {
+fn print_topology_field(t: Option<TopologyField>) -> anyhow::Result<()> {
     match t {
         Some(TopologyField {
             topology: Some(t), ..
-        }) => super::cuda::print_topology(&t),
-        Some(TopologyField { error: Some(e), .. }) => println!("GPU topology: unavailable: {e}"),
+        }) => super::cuda::print_topology(&t)?,
+        Some(TopologyField { error: Some(e), .. }) => {
+            outln!("GPU topology: unavailable: {e}")
+        }
         _ => {}
     }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,8 +184,7 @@ pub fn list(g: &Global, a: ListArgs) -> CmdResult {
             ]
         })
         .collect();
-    print!(
-        "{}",
+    std::io::stdout().lock().write_all(
         table::render(
             &[
                 "BDF",
@@ -186,15 +194,20 @@ pub fn list(g: &Global, a: ListArgs) -> CmdResult {
                 "GROUP",
                 "NUMA",
                 "LARGEST BAR",
-                "NAME"
+                "NAME",
             ],
-            &rows
+            &rows,
         )
-    );
+        .as_bytes(),
+    )?;
     for u in &inv.unreadable {
-        eprintln!("warning: {} could not be read: {}", u.entry, u.error);
+        warn_line(format_args!(
+            "warning: {} could not be read: {}",
+            clean(&u.entry),
+            clean(&u.error)
+        ));
     }
-    print_topology_field(topology_field(g, a.topology));
+    print_topology_field(topology_field(g, a.topology))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -216,7 +229,7 @@ pub fn show(g: &Global, a: ShowArgs) -> CmdResult {
     let inv = scan(g)?;
     let d = inv.require(a.bdf)?;
     let group = inv.group_of(a.bdf);
-    let checks = device_checks(&inv, a.bdf)?;
+    let checks = Readiness::new(&inv).device_checks(a.bdf)?;
     if g.json {
         print_json(&ShowOutput {
             schema: "vm-accel.show/v2",
@@ -228,8 +241,10 @@ pub fn show(g: &Global, a: ShowArgs) -> CmdResult {
         })?;
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", render_show(&inv, d, &checks));
-    print_topology_field(topology_field(g, a.topology));
+    std::io::stdout()
+        .lock()
+        .write_all(render_show(&inv, d, &checks).as_bytes())?;
+    print_topology_field(topology_field(g, a.topology))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -245,7 +260,7 @@ fn render_show(inv: &Inventory, d: &PciDevice, checks: &[Check]) -> String {
         d.device_id
     );
     let kv = |s: &mut String, k: &str, v: String| {
-        let _ = writeln!(s, "  {k:<18} {v}");
+        let _ = writeln!(s, "  {k:<18} {}", clean(&v));
     };
     kv(
         &mut s,
@@ -361,7 +376,7 @@ fn render_show(inv: &Inventory, d: &PciDevice, checks: &[Check]) -> String {
             );
         }
         for w in &caps.warnings {
-            let _ = writeln!(s, "    warning: {w}");
+            let _ = writeln!(s, "    warning: {}", clean(w));
         }
     }
     if let Some(gr) = inv.group_of(d.bdf) {
@@ -379,7 +394,7 @@ fn render_show(inv: &Inventory, d: &PciDevice, checks: &[Check]) -> String {
     }
     let _ = writeln!(s, "  passthrough readiness:");
     for c in checks {
-        let _ = writeln!(s, "    {:<4} {:<16} {}", c.level, c.id, c.message);
+        let _ = writeln!(s, "    {:<4} {:<16} {}", c.level, c.id, clean(&c.message));
     }
     s
 }
@@ -465,11 +480,17 @@ fn describe_ext(d: &ExtDetail) -> String {
 
 /// `check --json` (schema `vm-accel.check/v1`).
 #[derive(Debug, Serialize)]
-struct CheckOutput {
+struct CheckOutput<'a> {
     schema: &'static str,
+    /// A VMM could open every listed device now (and the host checks pass).
     ready: bool,
+    /// `vm-accel bind` could make every listed device ready without taking a device the
+    /// host uses.
+    preparable: bool,
     host: Vec<Check>,
     devices: Vec<DeviceReadiness>,
+    /// Devices that may be accelerators but could not be read: never "ready".
+    unreadable: Vec<&'a vm_pci::Unreadable>,
 }
 
 #[derive(Debug, Serialize)]
@@ -477,6 +498,9 @@ struct DeviceReadiness {
     bdf: Bdf,
     name: String,
     ready: bool,
+    preparable: bool,
+    /// What the host uses of the device and of its IOMMU group.
+    in_use: Vec<InUse>,
     checks: Vec<Check>,
 }
 
@@ -491,53 +515,82 @@ pub fn check(g: &Global, a: CheckArgs) -> CmdResult {
             .map(|d| d.bdf)
             .collect(),
     };
+    let unreadable: Vec<&vm_pci::Unreadable> = match a.bdf {
+        Some(_) => Vec::new(),
+        None => inv
+            .unreadable
+            .iter()
+            .filter(|u| u.maybe_accelerator())
+            .collect(),
+    };
     let host = host_checks(&inv);
+    // One evidence scan (mounts, /proc/*/fd...) and one pass per group, however many
+    // devices: O(N) in the devices checked.
+    let readiness = Readiness::new(&inv);
     let mut devices = Vec::new();
     for bdf in targets {
-        let checks = device_checks(&inv, bdf)?;
+        let checks = readiness.device_checks(bdf)?;
         let name = inv.device(bdf).map(display_name).unwrap_or_default();
         devices.push(DeviceReadiness {
             bdf,
             name,
-            ready: all_pass(&checks),
+            ready: is_ready(&checks),
+            preparable: is_preparable(&checks),
+            in_use: readiness.in_use(bdf),
             checks,
         });
     }
-    let ready = all_pass(&host) && devices.iter().all(|d| d.ready);
+    let host_ok = all_pass(&host);
+    let ready = host_ok && unreadable.is_empty() && devices.iter().all(|d| d.ready);
+    let preparable = host_ok && unreadable.is_empty() && devices.iter().all(|d| d.preparable);
     if g.json {
         print_json(&CheckOutput {
             schema: "vm-accel.check/v1",
             ready,
+            preparable,
             host,
             devices,
+            unreadable,
         })?;
     } else {
-        println!("host ({}):", g.sysfs_root.display());
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        writeln!(out, "host ({}):", g.sysfs_root.display())?;
         for c in &host {
-            println!("  {:<4} {:<20} {}", c.level, c.id, c.message);
+            writeln!(out, "  {:<4} {:<20} {}", c.level, c.id, clean(&c.message))?;
         }
-        if devices.is_empty() {
-            println!("no accelerators found (name a device: vm-accel check BDF)");
+        for u in &unreadable {
+            writeln!(out, "{} — UNREADABLE: {}", clean(&u.entry), clean(&u.error))?;
+        }
+        if devices.is_empty() && unreadable.is_empty() {
+            writeln!(
+                out,
+                "no accelerators found (name a device: vm-accel check BDF)"
+            )?;
         }
         for d in &devices {
-            println!(
-                "{} {} — {}",
-                d.bdf,
-                d.name,
-                if d.ready { "ready" } else { "NOT READY" }
-            );
+            let state = if d.ready {
+                "ready"
+            } else if d.preparable {
+                "NOT READY (`vm-accel bind` can prepare it)"
+            } else {
+                "NOT READY"
+            };
+            writeln!(out, "{} {} — {state}", d.bdf, d.name)?;
             for c in &d.checks {
-                println!("  {:<4} {:<20} {}", c.level, c.id, c.message);
+                writeln!(out, "  {:<4} {:<20} {}", c.level, c.id, clean(&c.message))?;
             }
         }
-        println!(
-            "{}",
-            if ready {
-                "result: ready for passthrough"
-            } else {
-                "result: not ready (see FAIL lines)"
-            }
-        );
+        let result = if ready {
+            "result: ready for passthrough"
+        } else if !unreadable.is_empty() {
+            "result: not ready (a device could not be read)"
+        } else if preparable {
+            "result: not ready; `vm-accel bind` can prepare (see FAIL lines)"
+        } else {
+            "result: not ready (see FAIL lines)"
+        };
+        writeln!(out, "{result}")?;
+        out.flush()?;
     }
     Ok(if ready {
         ExitCode::SUCCESS
