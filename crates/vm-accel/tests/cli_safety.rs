@@ -485,5 +485,10 @@ fn the_h200_capture_is_not_ready_while_on_nvidia() {
         &["check"],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("bound to host driver nvidia"));
+    let s = text(&out.stdout);
+    assert!(
+        s.lines()
+            .any(|l| l.contains("FAIL driver") && l.contains("bound to host driver nvidia")),
+        "a device on a host driver fails `driver`: {s}"
+    );
 }

@@ -41,6 +41,7 @@ pub const TARGETS: &[LabTarget] = &[
     LabTarget { name: "lab_attach", package: "vm-accel", test: "lab_attach", features: &[], bins: &[("vm-accel", "vm-accel")], in_all: true, iommufd: false },
     LabTarget { name: "lab_attach_iommufd", package: "vm-accel", test: "lab_attach", features: &[], bins: &[("vm-accel", "vm-accel")], in_all: true, iommufd: true },
     LabTarget { name: "lab_attach_bench", package: "vm-accel-tests", test: "lab_attach_bench", features: &[], bins: &[], in_all: false, iommufd: false },
+    LabTarget { name: "lab_host_safety", package: "vm-vfio", test: "lab_host_safety", features: &[], bins: &[("vm-accel", "vm-accel")], in_all: true, iommufd: false },
     // Fails on purpose: proves that a failing, dying or hanging guest test fails the lab.
     LabTarget { name: "lab_broken", package: "vm-accel-tests", test: "lab_broken", features: &[], bins: &[], in_all: false, iommufd: false },
 ];

@@ -1,0 +1,303 @@
+//! Host safety on a real kernel (issue 10, section 7), in the lab guest:
+//! - `vm-accel bind` killed with SIGKILL at random points, then `vm-accel restore`: every
+//!   device back on exactly its original driver and driver_override;
+//! - two `vm-accel bind` processes on one group at once: one binds, the other waits (and
+//!   finds it bound) or is refused, and the group ends consistent;
+//! - open / DMA-map / unmap / close cycles of a device: no growth in descriptors or mappings;
+//! - a device whose VFIO group a process holds open is reported in use by `vm-accel check`,
+//!   naming the pid and command.
+//!
+//! Runs in the lab (the lab puts `vm-accel` on PATH); skips elsewhere. Leaves the device on
+//! vfio-pci, as the lab's init bound it, whatever happens.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod lab_common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lab_common::{device_under_test, guest_memory, lab_edu_bdfs, report, sys};
+use vm_pci::Bdf;
+use vm_vfio::access::{BackendChoice, Device};
+use vm_vfio::bind::DriverState;
+
+fn vm_accel() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VM_ACCEL_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join("vm-accel"))
+        .find(|p| p.exists())
+}
+
+fn run(bin: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = Command::new(bin).args(args).output().expect("run vm-accel");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn write(path: &str, value: &str) {
+    std::fs::write(path, value).unwrap_or_else(|e| panic!("echo {value:?} > {path}: {e}"));
+}
+
+/// Puts the device back on vfio-pci with override (the lab's state) when the test ends.
+struct BackToVfio(Bdf);
+impl Drop for BackToVfio {
+    fn drop(&mut self) {
+        let b = self.0;
+        let _ = Command::new(vm_accel().unwrap_or_default())
+            .arg("restore")
+            .output();
+        let st = sys().driver_state(b).unwrap_or_default();
+        if st.driver.as_deref() == Some("vfio-pci") {
+            return;
+        }
+        if let Some(d) = st.driver {
+            let _ = std::fs::write(format!("/sys/bus/pci/drivers/{d}/unbind"), b.to_string());
+        }
+        let _ = std::fs::write(
+            format!("/sys/bus/pci/devices/{b}/driver_override"),
+            "vfio-pci",
+        );
+        let _ = std::fs::write("/sys/bus/pci/drivers_probe", b.to_string());
+    }
+}
+
+/// Puts `b` in `want` (no driver; the given override) from whatever state it is in.
+fn set_state(b: Bdf, want: &DriverState) {
+    assert!(
+        want.driver.is_none(),
+        "only driverless originals are set up"
+    );
+    let ov = want.driver_override.clone().unwrap_or_else(|| "\n".into());
+    write(&format!("/sys/bus/pci/devices/{b}/driver_override"), &ov);
+    if let Some(d) = sys().driver_state(b).unwrap().driver {
+        write(&format!("/sys/bus/pci/drivers/{d}/unbind"), &b.to_string());
+    }
+    assert_eq!(&sys().driver_state(b).unwrap(), want);
+}
+
+fn target(test: &str) -> Option<(Bdf, PathBuf)> {
+    let first = device_under_test(test)?;
+    let Some(bin) = vm_accel() else {
+        vm_accel_tests::hw::skip(test, "no vm-accel binary on PATH (or VM_ACCEL_BIN)");
+        return None;
+    };
+    Some((lab_edu_bdfs().last().copied().unwrap_or(first), bin))
+}
+
+/// A small deterministic generator (xorshift), seeded and reported so a run can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn binds_killed_at_random_points_are_restored_exactly() {
+    let Some((b, bin)) = target("binds_killed_at_random_points_are_restored_exactly") else {
+        return;
+    };
+    let _guard = BackToVfio(b);
+    let bdf = b.to_string();
+    let originals = [
+        DriverState::default(),
+        DriverState {
+            driver: None,
+            driver_override: Some("pci-stub".into()),
+        },
+    ];
+    // How long a whole bind takes here: kill points are spread over it (and a bit past).
+    set_state(b, &originals[0]);
+    let start = Instant::now();
+    let (code, out, err) = run(&bin, &["bind", &bdf, "--json", "--allow", "reset"]);
+    let full = start.elapsed();
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, _, err) = run(&bin, &["restore", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let seed = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
+    let mut rng = Rng(seed);
+    let runs = env_count("VM_ACCEL_LAB_KILL_RUNS", 50);
+    let window = full.as_micros() as u64 * 5 / 4 + 1;
+    let (mut killed, mut finished, mut lost) = (0, 0, 0);
+    for i in 0..runs {
+        let original = &originals[i % originals.len()];
+        set_state(b, original);
+        let delay = Duration::from_micros(rng.next() % window);
+        let mut child = Command::new(&bin)
+            .args(["bind", &bdf, "--json", "--allow", "reset"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        match child.try_wait().unwrap() {
+            Some(_) => finished += 1,
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                killed += 1;
+            }
+        }
+        child.wait().unwrap();
+        let (code, out, err) = run(&bin, &["restore", "--json"]);
+        assert_eq!(code, 0, "run {i} (kill after {delay:?}): {out} {err}");
+        let now = sys().driver_state(b).unwrap();
+        if &now != original {
+            lost += 1;
+            report(&format!(
+                "run {i}: kill after {delay:?}: {b} ended as {now}, was {original}"
+            ));
+        }
+        assert!(
+            !Path::new("/run/vm-accel/bindings.json").exists(),
+            "run {i}: restore left a record"
+        );
+    }
+    report(&format!(
+        "{runs} binds of {b}, SIGKILL at random points within {window} us (seed {seed:#x}): {killed} killed, {finished} finished first, {lost} devices lost"
+    ));
+    assert_eq!(lost, 0);
+}
+
+#[test]
+fn two_concurrent_binds_leave_the_group_consistent() {
+    let Some((b, bin)) = target("two_concurrent_binds_leave_the_group_consistent") else {
+        return;
+    };
+    let _guard = BackToVfio(b);
+    let bdf = b.to_string();
+    let rounds = env_count("VM_ACCEL_LAB_CONCURRENT_ROUNDS", 10);
+    let (mut waited, mut refused) = (0, 0);
+    for round in 0..rounds {
+        set_state(b, &DriverState::default());
+        let spawn = || {
+            Command::new(&bin)
+                .args(["bind", &bdf, "--json", "--allow", "reset"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (p1, p2) = (spawn(), spawn());
+        let outs = [
+            p1.wait_with_output().unwrap(),
+            p2.wait_with_output().unwrap(),
+        ];
+        let mut changed = 0;
+        for o in &outs {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            match o.status.code() {
+                Some(0) if v["outcome"]["changed"] == true => changed += 1,
+                Some(0) => waited += 1, // waited for the lock, found it bound
+                Some(2) => refused += 1, // the lock wait ran out
+                c => panic!("round {round}: exit {c:?}: {v}"),
+            }
+        }
+        assert_eq!(
+            changed, 1,
+            "round {round}: exactly one bind changes the host"
+        );
+        let st = sys().driver_state(b).unwrap();
+        assert_eq!(st.driver.as_deref(), Some("vfio-pci"), "round {round}");
+        let (code, rec, _) = run(&bin, &["restore", "--dry-run", "--json"]);
+        assert_eq!(code, 0);
+        assert_eq!(
+            rec["record"]["bindings"].as_array().map(Vec::len),
+            Some(1),
+            "round {round}: one binding recorded: {rec}"
+        );
+        let (code, out, err) = run(&bin, &["unbind", &bdf, "--json"]);
+        assert_eq!(code, 0, "{out} {err}");
+        assert_eq!(sys().driver_state(b).unwrap(), DriverState::default());
+    }
+    report(&format!(
+        "{rounds} rounds of two concurrent binds of {b}: one bound each time; the other waited and found it bound {waited} times, was refused {refused} times"
+    ));
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn map_count() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+#[test]
+fn open_map_unmap_close_cycles_do_not_leak() {
+    let Some(bdf) = device_under_test("open_map_unmap_close_cycles_do_not_leak") else {
+        return;
+    };
+    let cycles = env_count("VM_ACCEL_LAB_CYCLES", 10_000);
+    let mem = guest_memory();
+    let cycle = || {
+        let d = Device::open_new(&sys(), bdf, BackendChoice::Auto).unwrap();
+        // SAFETY: the memory is only touched through vm-memory's volatile accessors.
+        let m = unsafe { d.map_guest_memory(&mem) }.unwrap();
+        m.unmap().unwrap();
+        drop(d);
+    };
+    // Warm up: lazily created process state (allocator arenas, loggers) is not a leak.
+    for _ in 0..50 {
+        cycle();
+    }
+    let (fds, maps) = (fd_count(), map_count());
+    let start = Instant::now();
+    for _ in 0..cycles {
+        cycle();
+    }
+    let took = start.elapsed();
+    let (fds_after, maps_after) = (fd_count(), map_count());
+    report(&format!(
+        "{cycles} open/map/unmap/close cycles of {bdf} in {took:?}: fds {fds} -> {fds_after}, mappings {maps} -> {maps_after}"
+    ));
+    assert_eq!(fds_after, fds, "descriptors leaked");
+    assert!(maps_after <= maps, "mappings grew: {maps} -> {maps_after}");
+}
+
+#[test]
+fn a_group_held_open_is_reported_in_use() {
+    let Some(bdf) = device_under_test("a_group_held_open_is_reported_in_use") else {
+        return;
+    };
+    let Some(bin) = vm_accel() else {
+        return vm_accel_tests::hw::skip("a_group_held_open_is_reported_in_use", "no vm-accel");
+    };
+    let s = bdf.to_string();
+    let (_, before, _) = run(&bin, &["check", &s, "--json"]);
+    assert_eq!(
+        before["devices"][0]["in_use"],
+        serde_json::json!([]),
+        "{before}"
+    );
+    let d = Device::open_new(&sys(), bdf, BackendChoice::Auto).unwrap();
+    let (code, v, _) = run(&bin, &["check", &s, "--json"]);
+    let in_use = v["devices"][0]["in_use"].to_string();
+    report(&format!("{s} held open: check says {in_use}"));
+    assert_eq!(code, 1, "in use is not ready: {v}");
+    assert!(
+        in_use.contains(&format!("open by pid {}", std::process::id())),
+        "{in_use}"
+    );
+    assert_eq!(v["devices"][0]["preparable"], false);
+    drop(d);
+}
