@@ -237,11 +237,21 @@ fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-fn map_count() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
+/// (all mappings, mappings of VFIO files) of this process.
+fn map_count() -> (usize, usize) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let vfio = maps.lines().filter(|l| l.contains("vfio")).count();
+    (maps.lines().count(), vfio)
+}
+
+/// Memory pinned for DMA: vfio's type1 IOMMU charges it to the process's locked memory.
+fn locked_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
-        .count()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -262,26 +272,34 @@ fn open_map_unmap_close_cycles_do_not_leak() {
     for _ in 0..50 {
         cycle();
     }
-    let (fds, maps) = (fd_count(), map_count());
+    let (fds, (maps, _), locked) = (fd_count(), map_count(), locked_kib());
     let start = Instant::now();
     for i in 1..=cycles {
         cycle();
         if i % 1000 == 0 {
             report(&format!(
-                "{i} cycles in {:?}: fds {}, mappings {}",
+                "{i} cycles in {:?}: fds {}, mappings {:?}, locked {} KiB",
                 start.elapsed(),
                 fd_count(),
-                map_count()
+                map_count(),
+                locked_kib()
             ));
         }
     }
     let took = start.elapsed();
-    let (fds_after, maps_after) = (fd_count(), map_count());
+    let (fds_after, (maps_after, vfio_maps), locked_after) =
+        (fd_count(), map_count(), locked_kib());
     report(&format!(
-        "{cycles} open/map/unmap/close cycles of {bdf} in {took:?}: fds {fds} -> {fds_after}, mappings {maps} -> {maps_after}"
+        "{cycles} open/map/unmap/close cycles of {bdf} in {took:?}: fds {fds} -> {fds_after}, mappings {maps} -> {maps_after} ({vfio_maps} of VFIO files), DMA-pinned (VmLck) {locked} -> {locked_after} KiB"
     ));
     assert_eq!(fds_after, fds, "descriptors leaked");
-    assert!(maps_after <= maps, "mappings grew: {maps} -> {maps_after}");
+    assert_eq!(vfio_maps, 0, "a VFIO mapping outlived its device");
+    assert_eq!(locked_after, locked, "pinned DMA memory leaked");
+    // The allocator may take a new arena once; a per-cycle leak would add `cycles`.
+    assert!(
+        maps_after <= maps + 2,
+        "mappings grew: {maps} -> {maps_after} over {cycles} cycles"
+    );
 }
 
 #[test]
