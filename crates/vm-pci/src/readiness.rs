@@ -305,7 +305,7 @@ impl<'a> Readiness<'a> {
                 endpoints
                     .iter()
                     .flat_map(|d| self.usage.of_device(d))
-                    .filter(|u| seen.insert(u.detail.clone()))
+                    .filter(|u| seen.insert(u.message.clone()))
                     .collect()
             },
         });

@@ -69,12 +69,12 @@ pub struct InUse {
     /// What kind of use.
     pub kind: UsageKind,
     /// What exactly, in words (`nvme0n1p1 mounted on /var`, `/dev/nvidia0 open by pid 42 (python3)`).
-    pub detail: String,
+    pub message: String,
 }
 
 impl std::fmt::Display for InUse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.bdf, self.detail)
+        write!(f, "{}: {}", self.bdf, self.message)
     }
 }
 
@@ -230,11 +230,11 @@ impl HostUsage {
     /// The evidence that the host uses `dev`.
     pub fn of_device(&self, dev: &PciDevice) -> Vec<InUse> {
         let mut out = Vec::new();
-        let mut push = |kind, detail: String| {
+        let mut push = |kind, message: String| {
             out.push(InUse {
                 bdf: dev.bdf,
                 kind,
-                detail,
+                message,
             })
         };
         let below = Below::walk(&dev.sysfs_dir);

@@ -113,9 +113,6 @@ struct ResultOutput<'a> {
     outcome: Option<&'a Outcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
-    /// The process's exit status, with `error`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exit_code: Option<u8>,
     /// Readiness failures when the bind was refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     refusals: Vec<String>,
@@ -232,7 +229,6 @@ fn report_result(
                 ok: true,
                 outcome: Some(&o),
                 error: None,
-                exit_code: None,
                 refusals: Vec::new(),
             },
         )?;
@@ -272,7 +268,6 @@ fn report_error(g: &Global, out: &mut dyn Write, schema: &'static str, e: &BindE
                 ok: false,
                 outcome: None,
                 error: Some(e.to_string()),
-                exit_code: Some(exit_code(e)),
                 refusals,
             },
         )?;
@@ -311,7 +306,6 @@ fn bind_to(g: &Global, a: BindArgs, out: &mut dyn Write, root: bool) -> CmdResul
                     ok: false,
                     outcome: None,
                     error: Some(msg.to_string()),
-                    exit_code: Some(EXIT_ERROR),
                     refusals: plan.refusals,
                 },
             )?;

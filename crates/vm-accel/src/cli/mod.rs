@@ -117,27 +117,62 @@ const EXIT_BROKEN_PIPE: u8 = 141;
 /// An error that ends a command with exit status 2, for every command (docs/json-schema.md).
 pub(crate) const EXIT_ERROR: u8 = 2;
 
-/// The one shape of an error with `--json` (schema `vm-accel.error/v1`): on stdout, for
-/// every command that fails before printing its own document.
+/// The one shape of an error with `--json` (docs/json-schema.md): on stdout, under the
+/// schema name of the document the command prints when it succeeds.
 #[derive(Debug, serde::Serialize)]
 struct ErrorOutput<'a> {
     schema: &'static str,
     ok: bool,
     error: &'a str,
-    exit_code: u8,
 }
 
-fn write_error_json(msg: &str, code: u8) -> std::io::Result<()> {
+fn write_error_json(schema: &'static str, msg: &str) -> std::io::Result<()> {
     let v = ErrorOutput {
-        schema: "vm-accel.error/v1",
+        schema,
         ok: false,
         error: msg,
-        exit_code: code,
     };
     let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")?;
     out.flush()
+}
+
+/// The schema of the document a command line prints, from its words (usable before, or
+/// without, a successful parse); `None` when no command is named.
+fn schema_of_args(args: &[String]) -> Option<&'static str> {
+    let has = |w: &str| args.iter().any(|a| a == w);
+    // The first word that names a command (option values, such as a --sysfs-root path,
+    // come before it).
+    let words: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .skip_while(|a| {
+            !matches!(
+                *a,
+                "list" | "show" | "check" | "bind" | "unbind" | "restore" | "attach-test" | "cuda"
+            )
+        })
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    Some(match *words.first()? {
+        "list" => "vm-accel.list/v1",
+        "show" => "vm-accel.show/v2",
+        "check" => "vm-accel.check/v1",
+        "bind" if has("--dry-run") => "vm-accel.bind-plan/v1",
+        "bind" => "vm-accel.bind/v1",
+        "unbind" => "vm-accel.unbind/v1",
+        "restore" => "vm-accel.restore/v1",
+        "attach-test" => "vm-accel.attach-test/v1",
+        "cuda" => match words.get(1).copied() {
+            Some("info") => "vm-accel.cuda-info/v2",
+            Some("check") if has("--all") => "vm-accel.cuda-check-all/v2",
+            Some("check") => "vm-accel.cuda-check/v2",
+            _ => return None,
+        },
+        _ => return None,
+    })
 }
 
 /// Writes a diagnostic to stderr; a closed stderr is not worth a panic.
@@ -154,7 +189,11 @@ fn output_error(e: &anyhow::Error) -> Option<&std::io::Error> {
 /// docs/json-schema.md (0 success, 1 a check failed, 2 an error).
 pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let json = std::env::args_os().any(|a| a == "--json");
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let json = args.iter().any(|a| a == "--json");
+    let schema = schema_of_args(&args).filter(|_| json);
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
@@ -163,8 +202,10 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            if json && write_error_json(e.render().to_string().trim(), EXIT_ERROR).is_err() {
-                return ExitCode::from(EXIT_ERROR);
+            if let Some(schema) = schema {
+                if write_error_json(schema, e.render().to_string().trim()).is_err() {
+                    return ExitCode::from(EXIT_ERROR);
+                }
             }
             let _ = e.print();
             return ExitCode::from(EXIT_ERROR);
@@ -198,8 +239,8 @@ pub fn main() -> ExitCode {
             }
             _ => {
                 let msg = format!("{e:#}");
-                if g.json {
-                    if let Err(io) = write_error_json(&msg, EXIT_ERROR) {
+                if let Some(schema) = schema {
+                    if let Err(io) = write_error_json(schema, &msg) {
                         if io.kind() == std::io::ErrorKind::BrokenPipe {
                             return ExitCode::from(EXIT_BROKEN_PIPE);
                         }
