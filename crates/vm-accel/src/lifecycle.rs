@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use vm_pci::Bdf;
 use vm_vfio::access::BackendChoice;
-use vm_vfio::bind::{Binder, Kernel, Outcome};
+use vm_vfio::bind::{BindError, Binder, Kernel, Outcome};
 
 use crate::attach::{AttachOptions, AttachVm, AttachedDevice, DetachReport};
 use crate::Error;
@@ -61,8 +61,9 @@ pub struct Released {
 }
 
 /// Moves `bdf` and its IOMMU group to vfio-pci (refusing on failed readiness checks,
-/// rolling back on any failure, recording what it changed).
-pub fn prepare<K: Kernel>(binder: &mut Binder<K>, bdf: Bdf) -> Result<Prepared, Error> {
+/// rolling back on any failure, recording what it changed). Binding is all this step does,
+/// so its error is the binding error (it converts into [`Error`] with `?`).
+pub fn prepare<K: Kernel>(binder: &mut Binder<K>, bdf: Bdf) -> Result<Prepared, BindError> {
     let outcome = binder.prepare(bdf)?;
     Ok(Prepared {
         bdf,
@@ -80,6 +81,11 @@ impl Prepared {
     /// What binding did (per device of the group: driver before and after).
     pub fn outcome(&self) -> &Outcome {
         &self.outcome
+    }
+
+    /// What binding did, keeping nothing else (a CLI that reports and exits).
+    pub fn into_outcome(self) -> Outcome {
+        self.outcome
     }
 
     /// Attaches the device to `vm` through the VFIO path `choice` picks.

@@ -347,7 +347,8 @@ fn bind_to(g: &Global, a: BindArgs, out: &mut dyn Write, root: bool) -> CmdResul
         out,
         "vm-accel.bind/v1",
         "bound to vfio-pci",
-        b.prepare(a.bdf),
+        // The library's typed lifecycle, as a VMM would call it.
+        crate::prepare(&mut b, a.bdf).map(crate::Prepared::into_outcome),
     )
 }
 
