@@ -47,6 +47,8 @@ pub struct Outcome {
 
 /// Serial number of the lab's MSI-X device (QEMU `nvme`, PCI 1b36:0010).
 pub const MSIX_SERIAL: &str = "vm-accel-lab";
+/// Size of the large-BAR device's BAR2 (QEMU `ivshmem-plain`, PCI 1af4:1110), in GiB.
+pub const LARGE_BAR_GIB: u64 = 64;
 
 pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
     let mut args: Vec<String> = vec!["-M".into(), "q35,kernel-irqchip=split".into()];
@@ -101,6 +103,22 @@ pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
         format!("pcie-root-port,id=rp{rp},chassis={rp},slot={rp}"),
         "-device".into(),
         format!("nvme,serial={MSIX_SERIAL},bus=rp{rp}"),
+    ]);
+    // The large-BAR device, last so that nothing before it moves: ivshmem-plain's BAR2 is
+    // a 64-bit prefetchable BAR as large as its memory backend, here 64 GiB of sparse
+    // anonymous memory (reserve=off: MAP_NORESERVE, so only the pages touched are real;
+    // TCG touches only what the guest accesses). Behind its own root port, alone in its
+    // IOMMU group. The 64-bit hole is widened so the firmware's window holds it.
+    let rp = boot.edu_devices + 1;
+    args.extend([
+        "-global".into(),
+        format!("q35-pcihost.pci-hole64-size={}G", 2 * LARGE_BAR_GIB),
+        "-object".into(),
+        format!("memory-backend-ram,id=largebar,size={LARGE_BAR_GIB}G,reserve=off,share=on"),
+        "-device".into(),
+        format!("pcie-root-port,id=rp{rp},chassis={rp},slot={rp}"),
+        "-device".into(),
+        format!("ivshmem-plain,memdev=largebar,bus=rp{rp}"),
     ]);
     args.extend([
         "-kernel".into(),

@@ -175,8 +175,8 @@ impl LocalAttach {
     fn apply_bars(&mut self) -> Result<()> {
         for b in &mut self.bars {
             let addr = b.shadow & !(b.size - 1);
-            if b.applied == Some(addr) || addr == !(b.size - 1) {
-                continue; // unchanged, or still the sizing pattern
+            if b.applied == Some(addr) || addr == !(b.size - 1) || addr == 0 {
+                continue; // unchanged, still the sizing pattern, or never placed
             }
             for (map, &slot) in b.maps.iter().zip(&b.slots) {
                 let mut region = kvm_userspace_memory_region {
@@ -194,8 +194,12 @@ impl LocalAttach {
                 region.guest_phys_addr = addr + map.offset;
                 region.memory_size = map.len;
                 // SAFETY: `map` stays mapped as long as `self` (it owns the mapping).
-                unsafe { self.vm.set_user_memory_region(region) }
-                    .context("KVM_SET_USER_MEMORY_REGION (BAR slot)")?;
+                unsafe { self.vm.set_user_memory_region(region) }.with_context(|| {
+                    format!(
+                        "KVM_SET_USER_MEMORY_REGION (BAR{} slot {slot}: GPA {:#x}, {:#x} bytes, host {:#x})",
+                        b.index, region.guest_phys_addr, region.memory_size, region.userspace_addr
+                    )
+                })?;
             }
             log::info!("BAR{} at {addr:#x} ({} slots)", b.index, b.slots.len());
             b.applied = Some(addr);

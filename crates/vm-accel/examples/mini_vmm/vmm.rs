@@ -307,6 +307,19 @@ fn host_bridge_read(off: u16, data: &mut [u8]) {
 /// guest stuck in `hlt` would otherwise never return).
 struct Watchdog;
 
+/// The vCPU thread's id, handed to the watchdog thread (a pointer on musl).
+struct Thread(libc::pthread_t);
+// SAFETY: a thread id is a plain handle; it is only passed to pthread_kill.
+unsafe impl Send for Thread {}
+
+impl Thread {
+    fn kick(&self, sig: libc::c_int) {
+        // SAFETY: the thread is alive while `run` holds the watchdog's flag (checked by the
+        // caller just before); the signal's handler does nothing.
+        unsafe { libc::pthread_kill(self.0, sig) };
+    }
+}
+
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 impl Watchdog {
@@ -321,7 +334,7 @@ impl Watchdog {
         let expired = Arc::new(AtomicBool::new(false));
         let flag = expired.clone();
         // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
+        let me = Thread(unsafe { libc::pthread_self() });
         let done = Arc::downgrade(&expired);
         std::thread::spawn(move || {
             let step = Duration::from_millis(50);
@@ -335,8 +348,7 @@ impl Watchdog {
             }
             flag.store(true, Ordering::SeqCst);
             while done.strong_count() > 1 {
-                // SAFETY: `me` is alive while `run` holds `expired`; the handler does nothing.
-                unsafe { libc::pthread_kill(me, sig) };
+                me.kick(sig);
                 std::thread::sleep(step);
             }
         });
