@@ -249,7 +249,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_msix_device_comes_after_the_edus_behind_its_own_root_port() {
+    fn the_msix_and_large_bar_devices_come_after_the_edus_behind_their_own_root_ports() {
         let boot = Boot {
             kernel: Path::new("vmlinux"),
             initramfs: Path::new("initrd"),
@@ -266,20 +266,33 @@ mod tests {
             .filter(|w| w[0] == "-device")
             .map(|w| w[1].as_str())
             .collect();
-        // Appended last, so the edus keep the addresses the tests and docs name.
+        // Appended last, so the edus (then the nvme) keep the addresses the tests and docs
+        // name.
         assert_eq!(
-            devices[devices.len() - 2..],
+            devices[devices.len() - 4..],
             [
                 "pcie-root-port,id=rp3,chassis=3,slot=3",
-                "nvme,serial=vm-accel-lab,bus=rp3"
+                "nvme,serial=vm-accel-lab,bus=rp3",
+                "pcie-root-port,id=rp4,chassis=4,slot=4",
+                "ivshmem-plain,memdev=largebar,bus=rp4"
             ]
         );
+        // The large BAR's backend is sparse (MAP_NORESERVE) and fits the 64-bit hole.
+        let object = args
+            .windows(2)
+            .find(|w| w[0] == "-object")
+            .map(|w| w[1].as_str());
+        assert_eq!(
+            object,
+            Some("memory-backend-ram,id=largebar,size=64G,reserve=off,share=on")
+        );
+        assert!(args.iter().any(|a| a == "q35-pcihost.pci-hole64-size=128G"));
         let ports: Vec<&str> = devices
             .iter()
             .filter(|d| d.starts_with("pcie-root-port"))
             .copied()
             .collect();
-        assert_eq!(ports.len(), 3, "{ports:?}");
+        assert_eq!(ports.len(), 4, "{ports:?}");
         for (i, p) in ports.iter().enumerate() {
             assert!(
                 ports[i + 1..]
