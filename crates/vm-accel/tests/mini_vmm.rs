@@ -1,22 +1,21 @@
-//! The mini VMM (examples/mini_vmm) on this host's /dev/kvm with a software edu
-//! (`SoftDevice`): the guest finds the device through config mechanism #1, sizes and
-//! places BAR0 (config-space emulation: the device never sees the BAR writes), reads the
-//! ID register through the BAR's memory slot (no trapped access), runs DMA both ways and
-//! takes the completion MSI as a real interrupt (KVM MSI route + irqfd, its handler runs).
+//! The mini VMM (examples/mini_vmm) on this host's /dev/kvm with software stand-ins
+//! (`SoftDevice`) attached through `AttachedDevice`: the guest finds the device through
+//! config mechanism #1, sizes and places its BAR (config-space emulation: the device never
+//! sees the BAR writes), reads edu's ID register through the BAR's memory slot (no trapped
+//! access), runs DMA both ways and takes the completion MSI as a real interrupt (KVM MSI
+//! route + irqfd, its handler runs); MSI-X through the emulated table with a masked vector
+//! pending in the PBA and delivered on unmask; the far end of a 64 GiB BAR through its slot.
 //! No VFIO needed; skipped with the reason when /dev/kvm is missing.
 
 #[allow(dead_code)]
 #[path = "../examples/mini_vmm/guest.rs"]
 mod guest;
 #[allow(dead_code)]
-#[path = "../examples/mini_vmm/local.rs"]
-mod local;
-#[allow(dead_code)]
 #[path = "../examples/mini_vmm/scenarios.rs"]
 mod scenarios;
 #[allow(dead_code)]
-#[path = "../examples/mini_vmm/soft_edu.rs"]
-mod soft_edu;
+#[path = "../examples/mini_vmm/soft.rs"]
+mod soft;
 #[allow(dead_code)]
 #[path = "../examples/mini_vmm/vmm.rs"]
 mod vmm;
@@ -24,9 +23,10 @@ mod vmm;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::bail;
 use guest::{key, Scenario};
-use vm_accel::attach::SoftDevice;
+use scenarios::Fire;
+use vm_accel::attach::{AttachOptions, AttachedDevice, DeviceBackend, SoftDevice};
 
 fn kvm(test: &str) -> bool {
     let _ = env_logger::builder().is_test(true).try_init();
@@ -41,24 +41,39 @@ fn kvm(test: &str) -> bool {
     ok
 }
 
-/// Runs `scenario` against a fresh soft edu; returns the VM, the device and the report.
-fn run_soft(
-    scenario: Scenario,
+/// A VM with `dev` attached at 00:01.0.
+fn attach(dev: Arc<SoftDevice>) -> (vmm::Vm, AttachedDevice) {
+    let vm = vmm::Vm::new().expect("VM");
+    let avm = vm.attach_vm().expect("AttachVm");
+    let attached = AttachedDevice::attach(&avm, dev, &AttachOptions::default()).expect("attach");
+    (vm, attached)
+}
+
+fn detach(dev: AttachedDevice) {
+    let report = dev.detach();
+    assert!(report.errors.is_empty(), "detach: {:?}", report.errors);
+}
+
+/// Runs the edu program against a fresh soft edu (`fire_irq: false`: a broken edu that
+/// never raises the completion interrupt).
+fn run_edu(
+    move_bar: bool,
     fire_irq: bool,
     timeout: Duration,
-) -> Result<(vmm::Vm, Arc<SoftDevice>, vmm::Report)> {
-    let mut vm = vmm::Vm::new()?;
-    let dev = soft_edu::device()?;
-    let _engine = soft_edu::Engine::start(dev.clone(), vm.mem.clone(), fire_irq)?;
-    let mut attached = local::LocalAttach::new(dev.clone(), Arc::clone(&vm.fd))?;
-    let r = scenarios::run_within(
+) -> (vmm::Vm, Arc<SoftDevice>, anyhow::Result<vmm::Report>) {
+    let dev = soft::device().expect("soft edu");
+    let (mut vm, mut attached) = attach(dev.clone());
+    let engine = soft::Engine::start(dev.clone(), vm.mem.clone(), fire_irq).expect("engine");
+    let r = scenarios::run(
         &mut vm,
         &mut attached,
-        scenario,
-        &mut |a| bail!("unexpected host action {a:#x}"),
+        Scenario::Edu { move_bar },
+        &mut |_, a| bail!("unexpected host action {a:#x}"),
         timeout,
-    )?;
-    Ok((vm, dev, r))
+    );
+    drop(engine);
+    detach(attached);
+    (vm, dev, r)
 }
 
 #[test]
@@ -66,8 +81,8 @@ fn guest_finds_edu_reads_id_through_the_slot_dma_round_trip_and_msi() {
     if !kvm("guest_finds_edu_reads_id_through_the_slot_dma_round_trip_and_msi") {
         return;
     }
-    let (vm, dev, r) = run_soft(Scenario::Edu { move_bar: false }, true, scenarios::TIMEOUT)
-        .expect("mini VMM run");
+    let (vm, dev, r) = run_edu(false, true, scenarios::TIMEOUT);
+    let r = r.expect("mini VMM run");
     scenarios::check_edu(&vm, &r, false).expect("edu checks");
     // BAR registers are emulated: sizing and placement never reached the device.
     let bar_writes: Vec<_> = dev
@@ -100,8 +115,8 @@ fn a_bar_the_guest_moves_still_reads_the_device_and_the_old_address_is_gone() {
     if !kvm("a_bar_the_guest_moves_still_reads_the_device_and_the_old_address_is_gone") {
         return;
     }
-    let (vm, _dev, r) =
-        run_soft(Scenario::Edu { move_bar: true }, true, scenarios::TIMEOUT).expect("mini VMM run");
+    let (vm, _dev, r) = run_edu(true, true, scenarios::TIMEOUT);
+    let r = r.expect("mini VMM run");
     scenarios::check_edu(&vm, &r, true).expect("edu checks");
     assert_eq!(
         r.get(key::MOVED_ADDR),
@@ -116,13 +131,8 @@ fn without_the_completion_msi_the_guest_never_finishes() {
     if !kvm("without_the_completion_msi_the_guest_never_finishes") {
         return;
     }
-    let err = run_soft(
-        Scenario::Edu { move_bar: false },
-        false,
-        Duration::from_secs(3),
-    )
-    .expect_err("the run must fail without the MSI");
-    let msg = format!("{err:#}");
+    let (_vm, _dev, r) = run_edu(false, false, Duration::from_secs(3));
+    let msg = format!("{:#}", r.expect_err("the run must fail without the MSI"));
     assert!(msg.contains("did not finish"), "{msg}");
     assert!(
         msg.contains("(c, 81)"),
@@ -131,30 +141,31 @@ fn without_the_completion_msi_the_guest_never_finishes() {
 }
 
 #[test]
-fn an_edu_id_mismatch_fails_the_checks() {
-    // check_edu compares against edu's real values, so a report with another ID fails.
-    let r = vmm::Report {
-        values: vec![
-            (key::DEVICE, 1),
-            (key::ID, 0x11e8_1234),
-            (key::BAR_SIZE, 1 << 20),
-            (key::BAR_REG, 0xe000_0000),
-            (key::BAR_ADDR, 0xe000_0000),
-            (key::EDU_ID, 0xdead),
-        ],
-        status: Some(0),
-    };
-    let Ok(vm) = vmm::Vm::new() else {
-        vm_accel_tests::hw::skip(
-            "an_edu_id_mismatch_fails_the_checks",
-            "/dev/kvm cannot be opened",
-        );
+fn msix_through_the_emulated_table_a_masked_vector_is_pending_and_delivered_on_unmask() {
+    if !kvm("msix_through_the_emulated_table_a_masked_vector_is_pending_and_delivered_on_unmask") {
         return;
-    };
-    let err = scenarios::check_edu(&vm, &r, false).expect_err("a wrong ID must fail");
+    }
+    let dev = soft::msix_device().expect("soft MSI-X device");
+    let (mut vm, mut attached) = attach(dev.clone());
+    let r = scenarios::msix(&mut vm, &mut attached, &Fire::Soft(dev.clone())).expect("MSI-X run");
+    assert_eq!(r.get(key::MSIX_SIZE), Some(u64::from(soft::MSIX_VECTORS)));
+    // The guest's table writes were emulated: the device's table was never written.
+    let table_writes: Vec<_> = dev
+        .bar_accesses()
+        .into_iter()
+        .filter(|&(bar, off, _, write)| bar == 0 && off >= 0x2000 && write)
+        .collect();
     assert!(
-        format!("{err:#}").contains("edu ID register 0xdead"),
-        "{err:#}"
+        table_writes.is_empty(),
+        "table writes reached the device: {table_writes:x?}"
+    );
+    let stats = attached.interrupt_stats();
+    detach(attached);
+    assert!(stats.gsis >= guest::MSIX_USED as usize, "{stats:?}");
+    assert!(
+        dev.routed_vectors(vm_vfio::access::IrqIndex::Msix)
+            .is_empty(),
+        "vectors left routed after detach"
     );
 }
 
@@ -166,8 +177,6 @@ fn the_far_end_of_a_64_gib_bar_through_its_slot() {
     if !kvm(test) {
         return;
     }
-    use vm_accel::attach::{DeviceBackend, SoftBar};
-    let size = 64u64 << 30;
     // The BAR ends at 128 GiB: the vCPU needs 38 physical address bits.
     let bits = kvm_ioctls::Kvm::new()
         .and_then(|k| k.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES))
@@ -185,28 +194,50 @@ fn the_far_end_of_a_64_gib_bar_through_its_slot() {
         );
         return;
     }
-    let mut c = vec![0u8; 256];
-    c[0..4].copy_from_slice(&0x1110_1af4u32.to_le_bytes()); // ivshmem's ids
-    c[0xb] = 0x05;
-    let bar = SoftBar {
-        size,
-        is_64bit: true,
-        prefetchable: true,
-    };
-    let dev = Arc::new(SoftDevice::new("soft-ivshmem", c, &[(2, bar)]).expect("soft device"));
-    dev.bar_write(2, size - 16, &guest::FAR_MAGIC.to_le_bytes())
-        .expect("host write");
-    let mut vm = vmm::Vm::new().expect("VM");
-    let mut attached = local::LocalAttach::new(dev.clone(), Arc::clone(&vm.fd)).expect("attach");
-    let r = scenarios::run(
-        &mut vm,
-        &mut attached,
-        Scenario::LargeBar { bar: 2 },
-        &mut |a| bail!("unexpected host action {a:#x}"),
-    )
-    .expect("mini VMM run");
+    let size = 64u64 << 30;
+    let dev = soft::large_bar_device(size).expect("soft device");
+    let (mut vm, mut attached) = attach(dev.clone());
+    let r = scenarios::large_bar(&mut vm, &mut attached, 2).expect("large BAR run");
+    assert_eq!(r.get(key::BAR_ADDR), Some(guest::HIGH_BAR_BASE));
     let mut far = [0u8; 8];
     dev.bar_read(2, size - 8, &mut far).expect("host read");
-    scenarios::check_large_bar(&r, size, u64::from_le_bytes(far)).expect("large BAR checks");
-    assert_eq!(r.get(key::BAR_ADDR), Some(guest::HIGH_BAR_BASE));
+    assert_eq!(u64::from_le_bytes(far), guest::FAR_PATTERN);
+    detach(attached);
+}
+
+#[test]
+fn the_checks_fail_on_wrong_reports() {
+    // check_edu and check_msix compare against the real values, so other values fail.
+    let found = [
+        (key::DEVICE, 1),
+        (key::ID, 0x11e8_1234),
+        (key::BAR_SIZE, 1 << 20),
+        (key::BAR_REG, 0xe000_0000),
+        (key::BAR_ADDR, 0xe000_0000),
+    ];
+    let mut values = found.to_vec();
+    values.push((key::EDU_ID, 0xdead));
+    let r = vmm::Report {
+        values,
+        status: Some(0),
+    };
+    if kvm("the_checks_fail_on_wrong_reports") {
+        let vm = vmm::Vm::new().expect("VM");
+        let err = scenarios::check_edu(&vm, &r, false).expect_err("a wrong ID must fail");
+        assert!(
+            format!("{err:#}").contains("edu ID register 0xdead"),
+            "{err:#}"
+        );
+    }
+    // A masked vector that was delivered anyway (counts 0x010201 before unmask) fails.
+    let r = vmm::Report {
+        values: vec![
+            (key::MSIX_SIZE, 8),
+            (key::MSIX_COUNTS_MASKED, 0x01_02_01),
+            (key::MSIX_PBA_MASKED, 0),
+        ],
+        status: Some(0),
+    };
+    let err = scenarios::check_msix(&r).expect_err("a delivered masked vector must fail");
+    assert!(format!("{err:#}").contains("while masked"), "{err:#}");
 }

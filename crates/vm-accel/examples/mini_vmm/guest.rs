@@ -43,7 +43,7 @@ pub mod key {
     pub const MSIX_SIZE: u32 = 20;
     /// MSI-X: per-vector interrupt counts, one byte each (vector 0 in the low byte).
     pub const MSIX_COUNTS: u32 = 21;
-    /// MSI-X: PBA qword 0 while vector 1 was masked and had fired.
+    /// MSI-X: PBA qword 0 after vector 1 was masked and fired.
     pub const MSIX_PBA_MASKED: u32 = 22;
     /// MSI-X: PBA qword 0 after vector 1 was unmasked and delivered.
     pub const MSIX_PBA_AFTER: u32 = 23;
@@ -79,7 +79,7 @@ pub mod status {
 pub const EDU_VECTOR: u8 = 0x40;
 /// MSI-X vector `i` arrives as `MSIX_VECTOR + i`.
 pub const MSIX_VECTOR: u8 = 0x50;
-/// MSI-X vectors the MSI-X program uses (1 of them masked at first).
+/// MSI-X vectors the MSI-X program uses (vector 1 is masked and fired once more).
 pub const MSIX_USED: u32 = 3;
 /// Bytes the edu program moves each way (edu's buffer is 4 KiB).
 pub const DMA_LEN: u64 = 1024;
@@ -107,8 +107,9 @@ pub enum Scenario {
     /// edu: ID register, DMA both ways, MSI completion interrupt; optionally moves BAR0
     /// and reads the ID again.
     Edu { move_bar: bool },
-    /// MSI-X through the emulated table: vectors 0 and 2 unmasked, 1 masked; the host fires
-    /// each; vector 1 must be pending in the PBA and arrive on unmask.
+    /// MSI-X through the emulated table: the host fires vectors 0, 1, 2 (each arrives), then
+    /// vector 1 again while the guest has it masked: it must not arrive but be pending in
+    /// the PBA, and arrive when unmasked.
     Msix,
     /// A large 64-bit BAR (index `bar`): read and write its far end through the memslot.
     LargeBar { bar: u8 },
@@ -588,17 +589,15 @@ impl Asm {
         a.and(edi, 0x7ff)?;
         a.inc(edi)?;
         self.report_rdi(key::MSIX_SIZE)?;
-        // Entries 0..3 -> vectors MSIX_VECTOR + i on APIC 0; entry 1 masked.
-        let a = &mut self.a;
-        a.mov(rbx, r8)?;
+        // Entries 0..3 -> vectors MSIX_VECTOR + i on APIC 0, unmasked.
+        self.a.mov(rbx, r8)?;
         for i in 0..MSIX_USED {
+            let a = &mut self.a;
             a.mov(dword_ptr(rbx + 16 * i), layout::LAPIC as u32)?;
             a.mov(dword_ptr(rbx + (16 * i + 4)), 0)?;
             a.mov(dword_ptr(rbx + (16 * i + 8)), u32::from(MSIX_VECTOR) + i)?;
+            self.msix_ctrl(i, false)?;
         }
-        self.msix_ctrl(0, false)?;
-        self.msix_ctrl(1, true)?;
-        self.msix_ctrl(2, false)?;
         // Enable, function mask off.
         let a = &mut self.a;
         a.lea(esi, dword_ptr(r10 + 2))?;
@@ -606,12 +605,13 @@ impl Asm {
         a.and(edi, !0x4000)?;
         a.or(edi, 0x8000)?;
         a.call(self.cfg_wr16)?;
-        // Unmasked vectors arrive.
-        self.host_action(action::FIRE_MSIX)?;
-        self.wait_count(layout::MSIX_COUNT, 1)?;
-        self.host_action(action::FIRE_MSIX + 2)?;
-        self.wait_count(layout::MSIX_COUNT + 8, 1)?;
-        // The masked one does not, and is pending.
+        // Each vector arrives, as its own interrupt.
+        for i in 0..MSIX_USED {
+            self.host_action(action::FIRE_MSIX + i)?;
+            self.wait_count(layout::MSIX_COUNT + 4 * u64::from(i), 1)?;
+        }
+        // Vector 1 masked, then fired: not delivered, pending.
+        self.msix_ctrl(1, true)?;
         self.host_action(action::FIRE_MSIX + 1)?;
         self.a.mov(rdi, qword_ptr(r9))?;
         self.report_rdi(key::MSIX_PBA_MASKED)?;
@@ -619,7 +619,7 @@ impl Asm {
         self.report_rdi(key::MSIX_COUNTS_MASKED)?;
         // Unmask: it is delivered, and no longer pending.
         self.msix_ctrl(1, false)?;
-        self.wait_count(layout::MSIX_COUNT + 4, 1)?;
+        self.wait_count(layout::MSIX_COUNT + 4, 2)?;
         self.a.mov(rdi, qword_ptr(r9))?;
         self.report_rdi(key::MSIX_PBA_AFTER)?;
         self.msix_counts()?;

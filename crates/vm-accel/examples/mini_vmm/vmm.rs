@@ -12,10 +12,12 @@ use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRI
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use vm_accel::attach::{AttachVm, AttachedDevice, VmLayout};
+
 use crate::guest::Program;
 
-/// The passed-through function as the exit handlers see it: the same four calls as
-/// `vm_accel::attach::AttachedDevice`.
+/// The passed-through function as the exit handlers see it: the four calls of
+/// [`AttachedDevice`] (a VMM with several device kinds puts them behind such a trait).
 pub trait PciFunction {
     /// Config space read (1, 2 or 4 bytes); errors read as all-ones.
     fn config_read(&self, off: u16, data: &mut [u8]);
@@ -23,6 +25,21 @@ pub trait PciFunction {
     /// `Ok(false)`: `gpa` is not in one of the device's BARs.
     fn mmio_read(&self, gpa: u64, data: &mut [u8]) -> Result<bool>;
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Result<bool>;
+}
+
+impl PciFunction for AttachedDevice {
+    fn config_read(&self, off: u16, data: &mut [u8]) {
+        AttachedDevice::config_read(self, off, data)
+    }
+    fn config_write(&mut self, off: u16, data: &[u8]) -> Result<()> {
+        Ok(AttachedDevice::config_write(self, off, data)?)
+    }
+    fn mmio_read(&self, gpa: u64, data: &mut [u8]) -> Result<bool> {
+        Ok(AttachedDevice::mmio_read(self, gpa, data)?)
+    }
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Result<bool> {
+        Ok(AttachedDevice::mmio_write(self, gpa, data)?)
+    }
 }
 
 /// Guest physical layout.
@@ -65,8 +82,19 @@ pub mod port {
     pub const DONE: u16 = 0x510;
 }
 
-/// Memory slot of guest RAM; the attach layer allocates others for BARs.
+/// Memory slot of guest RAM; attach takes BAR slots from [`attach_layout`]'s range.
 pub const RAM_SLOT: u32 = 0;
+
+/// Where attach places BARs before the guest moves them, and the GSIs and memory slots it
+/// may use. The 64-bit window is where the guest puts large BARs too (64 GiB, inside the
+/// identity map); the guest moves small BARs to [`crate::guest::LOW_BAR_BASE`].
+pub fn attach_layout() -> VmLayout {
+    VmLayout {
+        mmio32: 0xC000_0000..=0xDFFF_FFFF,
+        mmio64: (64 << 30)..=(layout::IDENTITY_MAPPED - 1),
+        ..VmLayout::default()
+    }
+}
 
 /// What the guest reported.
 #[derive(Debug, Default, Clone)]
@@ -174,6 +202,16 @@ impl Vm {
         })
     }
 
+    /// The attach side of this VM (its KVM VFIO device, GSI routes, BAR windows, guest RAM
+    /// for DMA). Create it once, after the irqchip and the RAM slot.
+    pub fn attach_vm(&self) -> Result<Arc<AttachVm>> {
+        Ok(AttachVm::new(
+            Arc::clone(&self.fd),
+            &self.mem,
+            attach_layout(),
+        )?)
+    }
+
     /// Copies the program in and installs its IDT gates.
     pub fn load(&mut self, p: &Program) -> Result<()> {
         self.mem
@@ -197,10 +235,10 @@ impl Vm {
     /// Runs the vCPU until the program reports done, with `dev` at 00:01.0. `host` acts on
     /// the guest's requests (e.g. fire an MSI-X vector). Fails after `timeout` with what
     /// the guest reported so far.
-    pub fn run(
+    pub fn run<D: PciFunction>(
         &mut self,
-        dev: &mut dyn PciFunction,
-        host: &mut dyn FnMut(u32) -> Result<()>,
+        dev: &mut D,
+        host: &mut dyn FnMut(&mut D, u32) -> Result<()>,
         timeout: Duration,
     ) -> Result<Report> {
         let expired = Watchdog::start(timeout);
@@ -227,7 +265,9 @@ impl Vm {
                         port::VALUE_HI => report
                             .values
                             .push((key, u64::from(lo) | u64::from(v) << 32)),
-                        port::HOST => host(v).with_context(|| format!("host action {v:#x}"))?,
+                        port::HOST => {
+                            host(dev, v).with_context(|| format!("host action {v:#x}"))?
+                        }
                         port::DONE => {
                             report.status = Some(v);
                             return Ok(report);

@@ -1,8 +1,14 @@
-//! A software stand-in for QEMU's edu device on a [`SoftDevice`]: BAR0 (1 MiB) is plain
-//! memory the guest reaches through its memory slot, so a small engine thread watches the
-//! registers there like the device would: it runs a DMA when the guest sets the command's
-//! start bit, clears the bit when done and, when asked, raises the completion interrupt by
-//! firing the MSI vector's eventfd. Same registers, same program as the real edu.
+//! Software stand-ins ([`SoftDevice`]) for the lab's devices, so the mini VMM runs on any
+//! host with /dev/kvm:
+//! - edu: BAR0 (1 MiB) is plain memory the guest reaches through its memory slot, so a
+//!   small engine thread watches the registers there like the device would: it runs a DMA
+//!   when the guest sets the command's start bit, clears the bit when done and, when asked,
+//!   raises the completion interrupt by firing the MSI vector's eventfd. Same registers,
+//!   same program as the real edu.
+//! - an MSI-X function laid out like the lab's nvme: 16 KiB 64-bit BAR0, table at 0x2000
+//!   and PBA at 0x3000 (trapped; only the first 8 KiB is mmap-able).
+//! - a large-BAR function like the lab's ivshmem: a 64-bit prefetchable BAR2 (NORESERVE
+//!   memory: only the pages touched are real).
 
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +18,7 @@ use std::time::Duration;
 use anyhow::Result;
 use vm_accel::attach::{SoftBar, SoftDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vm_vfio::access::IrqIndex;
+use vm_vfio::access::{Area, IrqIndex};
 
 /// edu's identification register value (version 1.0, 0xed).
 pub const EDU_ID: u32 = 0x0100_00ed;
@@ -36,6 +42,48 @@ pub fn device() -> Result<Arc<SoftDevice>> {
     };
     let dev = SoftDevice::new("soft-edu", c, &[(0, bar)])?.with_irqs(IrqIndex::Msi, 1);
     Ok(Arc::new(dev))
+}
+
+/// MSI-X vectors the stand-in offers (the nvme has 65).
+pub const MSIX_VECTORS: u16 = 8;
+
+/// A function with MSI-X like the lab's nvme (1b36:0010).
+pub fn msix_device() -> Result<Arc<SoftDevice>> {
+    let mut c = vec![0u8; 256];
+    c[0..4].copy_from_slice(&0x0010_1b36u32.to_le_bytes());
+    c[6] = 0x10;
+    c[0x9..0xc].copy_from_slice(&[0x02, 0x08, 0x01]); // NVMe class
+    c[0x34] = 0x40;
+    c[0x40] = 0x11;
+    c[0x42..0x44].copy_from_slice(&(MSIX_VECTORS - 1).to_le_bytes());
+    c[0x44..0x48].copy_from_slice(&0x2000u32.to_le_bytes()); // table: BAR0 + 0x2000
+    c[0x48..0x4c].copy_from_slice(&0x3000u32.to_le_bytes()); // PBA: BAR0 + 0x3000
+    let bar = SoftBar {
+        size: 0x4000,
+        is_64bit: true,
+        prefetchable: false,
+    };
+    let areas = vec![Area {
+        offset: 0,
+        size: 0x2000,
+    }];
+    let dev = SoftDevice::new("soft-msix", c, &[(0, bar)])?
+        .with_irqs(IrqIndex::Msix, u32::from(MSIX_VECTORS))
+        .with_mmap_areas(0, areas);
+    Ok(Arc::new(dev))
+}
+
+/// A function with a `size`-byte 64-bit prefetchable BAR2, like the lab's ivshmem-plain.
+pub fn large_bar_device(size: u64) -> Result<Arc<SoftDevice>> {
+    let mut c = vec![0u8; 256];
+    c[0..4].copy_from_slice(&0x1110_1af4u32.to_le_bytes());
+    c[0xb] = 0x05; // memory controller
+    let bar = SoftBar {
+        size,
+        is_64bit: true,
+        prefetchable: true,
+    };
+    Ok(Arc::new(SoftDevice::new("soft-ivshmem", c, &[(2, bar)])?))
 }
 
 /// The engine thread; stops when dropped.
