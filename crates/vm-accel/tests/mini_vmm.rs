@@ -61,7 +61,20 @@ fn run_edu(
     fire_irq: bool,
     timeout: Duration,
 ) -> (vmm::Vm, Arc<SoftDevice>, anyhow::Result<vmm::Report>) {
-    let dev = soft::device().expect("soft edu");
+    run_edu_on(
+        soft::device().expect("soft edu"),
+        move_bar,
+        fire_irq,
+        timeout,
+    )
+}
+
+fn run_edu_on(
+    dev: Arc<SoftDevice>,
+    move_bar: bool,
+    fire_irq: bool,
+    timeout: Duration,
+) -> (vmm::Vm, Arc<SoftDevice>, anyhow::Result<vmm::Report>) {
     let (mut vm, mut attached) = attach(dev.clone());
     let engine = soft::Engine::start(dev.clone(), vm.mem.clone(), fire_irq).expect("engine");
     let r = scenarios::run(
@@ -137,6 +150,32 @@ fn without_the_completion_msi_the_guest_never_finishes() {
     assert!(
         msg.contains("(c, 81)"),
         "the guest got as far as enabling MSI: {msg}"
+    );
+}
+
+#[test]
+fn an_edu_whose_bar_traps_instead_of_using_a_slot_fails_the_checks() {
+    // The program works either way (trapped accesses reach the same registers), so only
+    // the exit record tells a memory slot from a trapped BAR: the checks must see it.
+    if !kvm("an_edu_whose_bar_traps_instead_of_using_a_slot_fails_the_checks") {
+        return;
+    }
+    // BAR0 not mmap-able: every access traps to the VMM, as without a memory slot.
+    let dev = Arc::new(
+        soft::edu()
+            .expect("soft edu")
+            .with_mmap_areas(0, Vec::new()),
+    );
+    let (vm, dev, r) = run_edu_on(dev, false, true, scenarios::TIMEOUT);
+    let r = r.expect("the program still runs with a trapped BAR");
+    assert!(
+        !dev.bar_accesses().is_empty(),
+        "BAR0 accesses should have trapped"
+    );
+    let err = scenarios::check_edu(&vm, &r, false).expect_err("a trapped BAR must fail");
+    assert!(
+        format!("{err:#}").contains("instead of going through the memory slot"),
+        "{err:#}"
     );
 }
 
@@ -220,6 +259,7 @@ fn the_checks_fail_on_wrong_reports() {
     let r = vmm::Report {
         values,
         status: Some(0),
+        mmio_exits: Vec::new(),
     };
     if kvm("the_checks_fail_on_wrong_reports") {
         let vm = vmm::Vm::new().expect("VM");
@@ -237,6 +277,7 @@ fn the_checks_fail_on_wrong_reports() {
             (key::MSIX_PBA_MASKED, 0),
         ],
         status: Some(0),
+        mmio_exits: Vec::new(),
     };
     let err = scenarios::check_msix(&r).expect_err("a delivered masked vector must fail");
     assert!(format!("{err:#}").contains("while masked"), "{err:#}");

@@ -180,6 +180,16 @@ pub fn check_edu(vm: &Vm, r: &Report, moved: bool) -> Result<()> {
         src == dst && src.iter().any(|&b| b != 0),
         "DMA buffers differ in guest RAM"
     );
+    // Everything went through BAR0's memory slot: the only access that may exit is the
+    // read of the old address after a move (no slot there any more).
+    let old_addr = get(r, key::BAR_ADDR)?;
+    ensure!(
+        r.mmio_exits
+            .iter()
+            .all(|&(gpa, write)| moved && !write && gpa == old_addr),
+        "BAR accesses trapped to the VMM instead of going through the memory slot: {:x?}",
+        r.mmio_exits
+    );
     if moved {
         let old = get(r, key::BAR_ADDR)?;
         let new = get(r, key::MOVED_ADDR)?;
@@ -221,6 +231,22 @@ pub fn check_msix(r: &Report) -> Result<()> {
         counts == 0x01_02_01,
         "interrupt counts after unmasking vector 1: {counts:#08x}, expected 0x010201"
     );
+    // The table and PBA are trapped (emulated by the VMM): their accesses exit, and only
+    // theirs, inside the BAR.
+    let bar = get(r, key::BAR_ADDR)?;
+    let size = get(r, key::BAR_SIZE)?;
+    ensure!(
+        r.mmio_exits.iter().any(|&(_, w)| w) && r.mmio_exits.iter().any(|&(_, w)| !w),
+        "no trapped table write and PBA read: {:x?}",
+        r.mmio_exits
+    );
+    ensure!(
+        r.mmio_exits
+            .iter()
+            .all(|&(gpa, _)| gpa >= bar && gpa < bar + size),
+        "MMIO exits outside the BAR: {:x?}",
+        r.mmio_exits
+    );
     let after = get(r, key::MSIX_PBA_AFTER)?;
     ensure!(
         after & 0b111 == 0,
@@ -247,6 +273,13 @@ pub fn check_large_bar(r: &Report, size: u64, host_far: u64) -> Result<()> {
         get(r, key::FAR_READBACK)? == guest::FAR_PATTERN,
         "the guest read back {:#x} at BAR end - 8",
         get(r, key::FAR_READBACK)?
+    );
+    ensure!(
+        r.mmio_exits
+            .iter()
+            .all(|&(gpa, _)| gpa < addr || gpa >= addr + size),
+        "accesses to the large BAR trapped instead of going through its slot: {:x?}",
+        r.mmio_exits
     );
     ensure!(
         host_far == guest::FAR_PATTERN,

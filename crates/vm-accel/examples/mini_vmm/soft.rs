@@ -26,8 +26,14 @@ const BUF: u64 = 0x40000;
 const BUF_LEN: u64 = 0x1000;
 const DMA_IRQ: u32 = 0x100;
 
-/// edu's config space: 1234:11e8, class ff, an MSI capability (64-bit, one vector).
+/// The software edu: 1234:11e8, class ff, a 1 MiB BAR0, an MSI capability (64-bit, one
+/// vector).
 pub fn device() -> Result<Arc<SoftDevice>> {
+    Ok(Arc::new(edu()?))
+}
+
+/// [`device`] before it is shared (for a test to adjust it).
+pub fn edu() -> Result<SoftDevice> {
     let mut c = vec![0u8; 256];
     c[0..4].copy_from_slice(&0x11e8_1234u32.to_le_bytes());
     c[6] = 0x10; // status: capability list
@@ -40,8 +46,7 @@ pub fn device() -> Result<Arc<SoftDevice>> {
         is_64bit: false,
         prefetchable: false,
     };
-    let dev = SoftDevice::new("soft-edu", c, &[(0, bar)])?.with_irqs(IrqIndex::Msi, 1);
-    Ok(Arc::new(dev))
+    Ok(SoftDevice::new("soft-edu", c, &[(0, bar)])?.with_irqs(IrqIndex::Msi, 1))
 }
 
 /// MSI-X vectors the stand-in offers (the nvme has 65).

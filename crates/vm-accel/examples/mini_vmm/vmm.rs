@@ -101,6 +101,9 @@ pub fn attach_layout() -> VmLayout {
 pub struct Report {
     pub values: Vec<(u32, u64)>,
     pub status: Option<u32>,
+    /// Every MMIO exit, as (address, is_write): the guest accesses that did not go through a
+    /// memory slot (nor to the in-kernel LAPIC).
+    pub mmio_exits: Vec<(u64, bool)>,
 }
 
 impl Report {
@@ -297,12 +300,14 @@ impl Vm {
                     }
                 }
                 VcpuExit::MmioRead(gpa, data) => {
+                    report.mmio_exits.push((gpa, false));
                     if !dev.mmio_read(gpa, data)? {
                         log::debug!("MMIO read of nothing at {gpa:#x}");
                         data.fill(0xff);
                     }
                 }
                 VcpuExit::MmioWrite(gpa, data) => {
+                    report.mmio_exits.push((gpa, true));
                     if !dev.mmio_write(gpa, data)? {
                         log::debug!("MMIO write to nothing at {gpa:#x}");
                     }
