@@ -244,13 +244,13 @@ impl Vm {
         host: &mut dyn FnMut(&mut D, u32) -> Result<()>,
         timeout: Duration,
     ) -> Result<Report> {
-        let expired = Watchdog::start(timeout);
+        let watchdog = Watchdog::start(timeout);
         let mut report = Report::default();
         let mut cf8 = 0u32;
         let mut key = 0u32;
         let mut lo = 0u32;
         loop {
-            if expired.load(Ordering::SeqCst) {
+            if watchdog.expired() {
                 bail!("the guest did not finish within {timeout:?}; it reported {report:x?}");
             }
             let exit = match self.vcpu.run() {
@@ -348,9 +348,14 @@ fn host_bridge_read(off: u16, data: &mut [u8]) {
     }
 }
 
-/// Sets a flag after `timeout` and kicks this thread out of KVM_RUN with a signal (a
-/// guest stuck in `hlt` would otherwise never return).
-struct Watchdog;
+/// Sets a flag after `timeout` and kicks the vCPU thread out of KVM_RUN with a signal (a
+/// guest stuck in `hlt` would otherwise never return). Dropping it stops and joins its
+/// thread, so no signal is sent once `run` has returned.
+struct Watchdog {
+    expired: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 /// The vCPU thread's id, handed to the watchdog thread (a pointer on musl).
 struct Thread(libc::pthread_t);
@@ -359,8 +364,8 @@ unsafe impl Send for Thread {}
 
 impl Thread {
     fn kick(&self, sig: libc::c_int) {
-        // SAFETY: the thread is alive while `run` holds the watchdog's flag (checked by the
-        // caller just before); the signal's handler does nothing.
+        // SAFETY: the vCPU thread is inside `run`, which joins this watchdog before it
+        // returns (so the id is live); the signal's handler does nothing.
         unsafe { libc::pthread_kill(self.0, sig) };
     }
 }
@@ -368,7 +373,7 @@ impl Thread {
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 impl Watchdog {
-    fn start(timeout: Duration) -> Arc<AtomicBool> {
+    fn start(timeout: Duration) -> Watchdog {
         static HANDLER: Once = Once::new();
         let sig = kick_signal();
         HANDLER.call_once(|| {
@@ -377,27 +382,40 @@ impl Watchdog {
             }
         });
         let expired = Arc::new(AtomicBool::new(false));
-        let flag = expired.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, stopped) = (expired.clone(), stop.clone());
         // SAFETY: pthread_self has no preconditions.
         let me = Thread(unsafe { libc::pthread_self() });
-        let done = Arc::downgrade(&expired);
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let step = Duration::from_millis(50);
-            let mut waited = Duration::ZERO;
-            while waited < timeout {
-                std::thread::sleep(step);
-                waited += step;
-                if done.strong_count() <= 1 {
-                    return; // `run` returned: only this thread's `flag` is left
+            let deadline = std::time::Instant::now() + timeout;
+            while !stopped.load(Ordering::SeqCst) {
+                if std::time::Instant::now() >= deadline {
+                    flag.store(true, Ordering::SeqCst);
+                    me.kick(sig);
                 }
-            }
-            flag.store(true, Ordering::SeqCst);
-            while done.strong_count() > 1 {
-                me.kick(sig);
-                std::thread::sleep(step);
+                std::thread::park_timeout(step);
             }
         });
-        expired
+        Watchdog {
+            expired,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.expired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
     }
 }
 
