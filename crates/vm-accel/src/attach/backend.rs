@@ -112,7 +112,7 @@ impl DeviceBackend for Device {
             // when it is page aligned) stays trapped instead.
             r.mmap_areas(&holes, page)
                 .into_iter()
-                .filter(|a| a.offset % page == 0 && a.size % page == 0)
+                .filter(|a| a.offset.is_multiple_of(page) && a.size.is_multiple_of(page))
                 .collect()
         } else {
             Vec::new()
@@ -134,7 +134,7 @@ impl DeviceBackend for Device {
             .mmap_bar_aligned(bar, align)?
             .into_iter()
             // As in `bar_region`: only whole pages become slots.
-            .filter(|m| m.offset % page == 0 && m.len() as u64 % page == 0)
+            .filter(|m| m.offset.is_multiple_of(page) && (m.len() as u64).is_multiple_of(page))
             .map(|m: BarMapping| BarMap {
                 offset: m.offset,
                 len: m.len() as u64,
