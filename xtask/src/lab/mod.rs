@@ -162,7 +162,7 @@ pub fn run(args: Args) -> Result<()> {
         verbose: args.verbose,
     };
     log::info!(
-        "booting {} with {} edu device(s) and one MSI-X device (nvme) under {:?}; {} test binar{}",
+        "booting {} with {} edu device(s), one MSI-X device (nvme) and one large-BAR device (ivshmem) under {:?}; {} test binar{}",
         kernel.description,
         args.edu,
         args.accel,

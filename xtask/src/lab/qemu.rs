@@ -47,6 +47,8 @@ pub struct Outcome {
 
 /// Serial number of the lab's MSI-X device (QEMU `nvme`, PCI 1b36:0010).
 pub const MSIX_SERIAL: &str = "vm-accel-lab";
+/// Size of the large-BAR device's BAR2 (QEMU `ivshmem-plain`, PCI 1af4:1110), in GiB.
+pub const LARGE_BAR_GIB: u64 = 64;
 
 pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
     let mut args: Vec<String> = vec!["-M".into(), "q35,kernel-irqchip=split".into()];
@@ -101,6 +103,22 @@ pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
         format!("pcie-root-port,id=rp{rp},chassis={rp},slot={rp}"),
         "-device".into(),
         format!("nvme,serial={MSIX_SERIAL},bus=rp{rp}"),
+    ]);
+    // The large-BAR device, last so that nothing before it moves: ivshmem-plain's BAR2 is
+    // a 64-bit prefetchable BAR as large as its memory backend, here 64 GiB of sparse
+    // anonymous memory (reserve=off: MAP_NORESERVE, so only the pages touched are real;
+    // TCG touches only what the guest accesses). Behind its own root port, alone in its
+    // IOMMU group. The 64-bit hole is widened so the firmware's window holds it.
+    let rp = boot.edu_devices + 1;
+    args.extend([
+        "-global".into(),
+        format!("q35-pcihost.pci-hole64-size={}G", 2 * LARGE_BAR_GIB),
+        "-object".into(),
+        format!("memory-backend-ram,id=largebar,size={LARGE_BAR_GIB}G,reserve=off,share=on"),
+        "-device".into(),
+        format!("pcie-root-port,id=rp{rp},chassis={rp},slot={rp}"),
+        "-device".into(),
+        format!("ivshmem-plain,memdev=largebar,bus=rp{rp}"),
     ]);
     args.extend([
         "-kernel".into(),
@@ -231,7 +249,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_msix_device_comes_after_the_edus_behind_its_own_root_port() {
+    fn the_msix_and_large_bar_devices_come_after_the_edus_behind_their_own_root_ports() {
         let boot = Boot {
             kernel: Path::new("vmlinux"),
             initramfs: Path::new("initrd"),
@@ -248,20 +266,33 @@ mod tests {
             .filter(|w| w[0] == "-device")
             .map(|w| w[1].as_str())
             .collect();
-        // Appended last, so the edus keep the addresses the tests and docs name.
+        // Appended last, so the edus (then the nvme) keep the addresses the tests and docs
+        // name.
         assert_eq!(
-            devices[devices.len() - 2..],
+            devices[devices.len() - 4..],
             [
                 "pcie-root-port,id=rp3,chassis=3,slot=3",
-                "nvme,serial=vm-accel-lab,bus=rp3"
+                "nvme,serial=vm-accel-lab,bus=rp3",
+                "pcie-root-port,id=rp4,chassis=4,slot=4",
+                "ivshmem-plain,memdev=largebar,bus=rp4"
             ]
         );
+        // The large BAR's backend is sparse (MAP_NORESERVE) and fits the 64-bit hole.
+        let object = args
+            .windows(2)
+            .find(|w| w[0] == "-object")
+            .map(|w| w[1].as_str());
+        assert_eq!(
+            object,
+            Some("memory-backend-ram,id=largebar,size=64G,reserve=off,share=on")
+        );
+        assert!(args.iter().any(|a| a == "q35-pcihost.pci-hole64-size=128G"));
         let ports: Vec<&str> = devices
             .iter()
             .filter(|d| d.starts_with("pcie-root-port"))
             .copied()
             .collect();
-        assert_eq!(ports.len(), 3, "{ports:?}");
+        assert_eq!(ports.len(), 4, "{ports:?}");
         for (i, p) in ports.iter().enumerate() {
             assert!(
                 ports[i + 1..]

@@ -37,6 +37,8 @@ pub const TARGETS: &[LabTarget] = &[
     LabTarget { name: "lab_vfio_iommufd", package: "vm-vfio", test: "lab_vfio_iommufd", features: &[], bins: &[], in_all: true, iommufd: true },
     LabTarget { name: "lab_vfio_msix", package: "vm-vfio", test: "lab_vfio_msix", features: &[], bins: &[], in_all: true, iommufd: false },
     LabTarget { name: "lab_attach_irq", package: "vm-accel", test: "lab_attach_irq", features: &[], bins: &[], in_all: true, iommufd: false },
+    LabTarget { name: "lab_mini_vmm", package: "vm-accel", test: "lab_mini_vmm", features: &[], bins: &[], in_all: true, iommufd: false },
+    LabTarget { name: "lab_large_bar_bench", package: "vm-accel", test: "lab_large_bar_bench", features: &[], bins: &[], in_all: false, iommufd: false },
     LabTarget { name: "lab_vfio_bind", package: "vm-vfio", test: "lab_vfio_bind", features: &[], bins: &[("vm-accel", "vm-accel")], in_all: true, iommufd: false },
     LabTarget { name: "lab_attach", package: "vm-accel", test: "lab_attach", features: &[], bins: &[("vm-accel", "vm-accel")], in_all: true, iommufd: false },
     LabTarget { name: "lab_attach_iommufd", package: "vm-accel", test: "lab_attach", features: &[], bins: &[("vm-accel", "vm-accel")], in_all: true, iommufd: true },

@@ -107,7 +107,13 @@ impl DeviceBackend for Device {
         }
         let mmap_areas = if r.mmappable() {
             let holes = self.msix_holes(bar).ok()?;
-            r.mmap_areas(&holes, page_size())
+            let page = page_size();
+            // A memory slot is whole pages: a sub-page BAR (vfio-pci lets it be mmapped
+            // when it is page aligned) stays trapped instead.
+            r.mmap_areas(&holes, page)
+                .into_iter()
+                .filter(|a| a.offset.is_multiple_of(page) && a.size.is_multiple_of(page))
+                .collect()
         } else {
             Vec::new()
         };
@@ -123,9 +129,12 @@ impl DeviceBackend for Device {
         self.write_region(RegionIndex::Bar(bar), off, buf)
     }
     fn map_bar(&self, bar: u8, align: MmapAlign) -> BackendResult<Vec<BarMap>> {
+        let page = page_size();
         Ok(self
             .mmap_bar_aligned(bar, align)?
             .into_iter()
+            // As in `bar_region`: only whole pages become slots.
+            .filter(|m| m.offset.is_multiple_of(page) && (m.len() as u64).is_multiple_of(page))
             .map(|m: BarMapping| BarMap {
                 offset: m.offset,
                 len: m.len() as u64,
