@@ -313,3 +313,41 @@ fn guest_ram_regions_are_tracked_exactly() {
     .expect_err("bad layout");
     assert!(e.to_string().contains("memslots"), "{e}");
 }
+
+#[test]
+fn an_h200_sized_bar_gets_a_naturally_aligned_range_in_the_64_bit_window() {
+    let Some((_serial, _kvm, vm, mem)) =
+        vm_or_skip("an_h200_sized_bar_gets_a_naturally_aligned_range_in_the_64_bit_window")
+    else {
+        return;
+    };
+    let avm = AttachVm::new(vm, &mem, VmLayout::default()).expect("AttachVm");
+    // An H200's BAR2: 256 GiB, 64-bit, prefetchable (tests/fixtures/sysfs/h200-host).
+    let a = AttachedDevice::attach(
+        &avm,
+        Arc::new(soft_with_bar2(256 << 30)),
+        &AttachOptions::default(),
+    )
+    .expect("attach a 256 GiB BAR");
+    let b2 = a.bars().into_iter().find(|b| b.index == 2).expect("BAR2");
+    assert_eq!(b2.size, 256 << 30);
+    assert_eq!(b2.gpa % (256 << 30), 0, "natural alignment: {:#x}", b2.gpa);
+    assert!(VmLayout::default().mmio64.contains(&(b2.gpa + b2.size - 1)));
+    assert_eq!(b2.slots.len(), 1, "one memory slot for the whole BAR");
+    // A second one fits too (two GPUs); a third does not, and says so.
+    let b = AttachedDevice::attach(
+        &avm,
+        Arc::new(soft_with_bar2(256 << 30)),
+        &AttachOptions::default(),
+    )
+    .expect("a second 256 GiB BAR");
+    let e = AttachedDevice::attach(
+        &avm,
+        Arc::new(soft_with_bar2(256 << 30)),
+        &AttachOptions::default(),
+    )
+    .expect_err("the default 512 GiB window holds two");
+    assert!(e.to_string().contains("256 GiB 64-bit MMIO range"), "{e}");
+    assert!(a.detach().errors.is_empty());
+    assert!(b.detach().errors.is_empty());
+}
