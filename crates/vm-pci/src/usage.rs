@@ -6,7 +6,8 @@
 //! device files, routes and addresses). Nothing here decides; readiness turns the evidence
 //! into the `in_use` check, which `bind` refuses on and `check` reports.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -103,6 +104,10 @@ pub struct HostUsage {
     open_files: Vec<OpenFile>,
     route_ifaces: BTreeSet<String>,
     addr_ifaces: BTreeSet<String>,
+    /// The addresses to name per interface: IPv6 from if_inet6; IPv4 (procfs lists no IPv4
+    /// address per interface) the host's local addresses (fib_trie) inside a subnet the
+    /// interface routes.
+    addresses: BTreeMap<String, BTreeSet<String>>,
     fbcon_bound: bool,
     /// Processes whose descriptors could not be listed (not root, or they exited).
     unreadable_procs: usize,
@@ -151,6 +156,17 @@ impl HostUsage {
                     .filter_map(|l| l.split_whitespace().next())
                     .map(str::to_string),
             );
+            let local = read_table(&p.join("net/fib_trie"))
+                .map(|f| local_ipv4(&f))
+                .unwrap_or_default();
+            for (iface, dest, mask) in ipv4_subnets(&t) {
+                for a in local.iter().filter(|a| u32::from(**a) & mask == dest) {
+                    u.addresses
+                        .entry(iface.clone())
+                        .or_default()
+                        .insert(a.to_string());
+                }
+            }
         }
         if let Some(t) = read_table(&p.join("net/ipv6_route")) {
             // dest prefix ... iface; fe80::/64 and multicast routes exist on every up link.
@@ -169,6 +185,12 @@ impl HostUsage {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 if f.len() >= 6 && f[3] != "20" {
                     u.addr_ifaces.insert(f[5].to_string());
+                    if let Ok(bits) = u128::from_str_radix(f[0], 16) {
+                        u.addresses
+                            .entry(f[5].to_string())
+                            .or_default()
+                            .insert(Ipv6Addr::from(bits).to_string());
+                    }
                 }
             }
         }
@@ -282,10 +304,20 @@ impl HostUsage {
             let addr = self.addr_ifaces.contains(&n.name);
             let route = self.route_ifaces.contains(&n.name);
             if addr || route {
-                let what = match (addr, route) {
-                    (true, true) => "an address and routes",
-                    (true, false) => "an address",
-                    _ => "routes",
+                let named: Vec<&str> = self
+                    .addresses
+                    .get(&n.name)
+                    .map(|a| a.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                let addresses = match named.len() {
+                    0 => "an address".to_string(),
+                    1 => format!("address {}", named[0]),
+                    _ => format!("addresses {}", named.join(", ")),
+                };
+                let what = match (addr || !named.is_empty(), route) {
+                    (true, true) => format!("{addresses} and routes"),
+                    (true, false) => addresses,
+                    _ => "routes".to_string(),
                 };
                 push(
                     UsageKind::Network,
@@ -370,6 +402,40 @@ impl DeviceFiles {
 }
 
 /// `mountinfo`: `id parent major:minor root mountpoint options ... - fstype source superopts`.
+/// (interface, destination, mask) of the IPv4 subnets /proc/net/route lists (not the default
+/// route). Addresses are the kernel's raw big-endian words printed as host-order hex.
+fn ipv4_subnets(route: &str) -> Vec<(String, u32, u32)> {
+    let word = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .map(|x| u32::from(Ipv4Addr::from(x.to_le_bytes())))
+    };
+    route
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dest, mask) = (word(f.get(1)?)?, word(f.get(7)?)?);
+            (mask != 0).then(|| (f[0].to_string(), dest, mask))
+        })
+        .collect()
+}
+
+/// The host's local IPv4 addresses: /proc/net/fib_trie's leaves followed by `/32 host LOCAL`.
+fn local_ipv4(fib_trie: &str) -> BTreeSet<Ipv4Addr> {
+    let mut out = BTreeSet::new();
+    let mut leaf = None;
+    for l in fib_trie.lines() {
+        let t = l.trim();
+        if let Some(a) = t.strip_prefix("|-- ") {
+            leaf = a.trim().parse::<Ipv4Addr>().ok();
+        } else if t.starts_with("/32 host LOCAL") {
+            out.extend(leaf.filter(|a| !a.is_loopback()));
+        }
+    }
+    out
+}
+
 fn parse_mountinfo(text: &str) -> Vec<Mount> {
     text.lines()
         .filter_map(|l| {
@@ -541,5 +607,32 @@ mod tests {
         assert_eq!(m[0].point, "/mnt data");
         assert_eq!(m[0].source, "/dev/nvme0n1p1");
         assert!(parse_mountinfo("garbage\n\n").is_empty());
+    }
+
+    #[test]
+    fn ipv4_addresses_are_local_addresses_inside_an_interfaces_subnet() {
+        // As Linux 6.1 prints them on x86 (the words are raw big-endian values).
+        let route =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                     short\n";
+        let subnets = ipv4_subnets(route);
+        assert_eq!(
+            subnets,
+            [(
+                "eth0".to_string(),
+                u32::from(Ipv4Addr::new(192, 0, 2, 0)),
+                0xffff_ff00
+            )]
+        );
+        let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 192.0.2.0\n        /24 link UNICAST\n\
+                    Local:\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 192.0.2.1\n\
+                    \x20       /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n\
+                    \x20    |-- garbage\n        /32 host LOCAL\n";
+        assert_eq!(
+            local_ipv4(trie).into_iter().collect::<Vec<_>>(),
+            [Ipv4Addr::new(192, 0, 2, 1)]
+        );
     }
 }

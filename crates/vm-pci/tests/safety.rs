@@ -330,15 +330,45 @@ fn in_use_network_interface_with_address_or_route_when_up() {
         in_use_kinds(t.path(), "0000:03:00.0").0,
         vec![UsageKind::Network]
     );
+    let (_, checks) = in_use_kinds(t.path(), "0000:03:00.0");
+    assert!(
+        in_use_check(&checks)
+            .message
+            .contains("network interface eth0 is up with routes"),
+        "{checks:?}"
+    );
+    // An IPv4 address is named: a local address (fib_trie) inside the subnet eth0 routes.
+    std::fs::write(
+        p.join("net/route"),
+        "Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT\n\
+         eth0 0002000A 00000000 0001 0 0 0 00FFFFFF 0 0 0\n",
+    )
+    .expect("w");
+    std::fs::write(
+        p.join("net/fib_trie"),
+        "Local:\n  +-- 10.0.2.0/24 2 0 2\n     |-- 10.0.2.15\n        /32 host LOCAL\n",
+    )
+    .expect("w");
+    let (_, checks) = in_use_kinds(t.path(), "0000:03:00.0");
+    assert!(
+        in_use_check(&checks)
+            .message
+            .contains("network interface eth0 is up with address 10.0.2.15 and routes"),
+        "{checks:?}"
+    );
     std::fs::write(p.join("net/route"), "Iface Destination Gateway\n").expect("w");
     std::fs::write(
         p.join("net/if_inet6"),
         "20010db8000000000000000000000001 02 40 00 80 eth0\n",
     )
     .expect("w");
-    assert_eq!(
-        in_use_kinds(t.path(), "0000:03:00.0").0,
-        vec![UsageKind::Network]
+    let (kinds, checks) = in_use_kinds(t.path(), "0000:03:00.0");
+    assert_eq!(kinds, vec![UsageKind::Network]);
+    assert!(
+        in_use_check(&checks)
+            .message
+            .contains("network interface eth0 is up with address 2001:db8::1"),
+        "{checks:?}"
     );
     // Down: an address on a down link carries nothing.
     std::fs::write(eth.join("flags"), "0x1002\n").expect("w");

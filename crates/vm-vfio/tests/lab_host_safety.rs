@@ -351,3 +351,176 @@ fn a_group_held_open_is_reported_in_use() {
     assert_eq!(v["devices"][0]["preparable"], false);
     drop(d);
 }
+
+/// A device the lab's init made the host use (Debian's kernel: a mounted virtio disk, a
+/// swap disk, a virtio NIC with addresses), from `var`, and the vm-accel binary. `None`
+/// after the skip; on the iommufd kernel (built without virtio) the lab has no such device.
+fn host_use_device(test: &str, var: &str) -> Option<(String, PathBuf)> {
+    if std::env::var("VM_ACCEL_LAB_KERNEL").as_deref() == Ok("iommufd") {
+        report(&format!(
+            "{test}: not on the iommufd kernel (no virtio drivers); runs on Debian's kernel"
+        ));
+        return None;
+    }
+    let Ok(bdf) = std::env::var(var) else {
+        vm_accel_tests::hw::skip(test, &format!("{var} is not set (run `cargo xtask lab`)"));
+        return None;
+    };
+    let Some(bin) = vm_accel() else {
+        vm_accel_tests::hw::skip(test, "no vm-accel binary on PATH (or VM_ACCEL_BIN)");
+        return None;
+    };
+    Some((bdf, bin))
+}
+
+fn lab_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the lab's init"))
+}
+
+fn driver_of(bdf: &str) -> Option<String> {
+    std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+fn sh(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `bind` of the real `bdf` is refused for being in use, naming every one of `names`, and
+/// leaves it on its driver; `--allow in_use` gets past that check (dry run: the guest keeps
+/// its disk); `check` reports the same evidence, of `kind`, and says not preparable.
+fn assert_refused_in_use(bin: &Path, bdf: &str, kind: &str, names: &[&str]) {
+    let driver = driver_of(bdf);
+    assert!(
+        driver.as_deref().is_some_and(|d| d != "vfio-pci"),
+        "{bdf} is on a host driver: {driver:?}"
+    );
+    for dry in [false, true] {
+        let mut args = vec!["bind", bdf, "--json", "--allow", "reset"];
+        if dry {
+            args.push("--dry-run");
+        }
+        let (code, v, err) = run(bin, &args);
+        let text = v.to_string();
+        report(&format!("vm-accel {}: exit {code}: {text}", args.join(" ")));
+        assert_eq!(code, 1, "refused: {text} {err}");
+        assert!(text.contains("in_use"), "names the check: {text}");
+        assert!(
+            text.contains("--allow in_use"),
+            "names the override: {text}"
+        );
+        for n in names {
+            assert!(text.contains(n), "names {n}: {text}");
+        }
+        assert_eq!(driver_of(bdf), driver, "{bdf} stays on its driver");
+    }
+    let (code, v, err) = run(
+        bin,
+        &[
+            "bind",
+            bdf,
+            "--dry-run",
+            "--json",
+            "--allow",
+            "reset",
+            "--allow",
+            "in_use",
+        ],
+    );
+    assert_eq!(code, 0, "--allow in_use gets past the check: {v} {err}");
+    assert!(v.to_string().contains("vfio-pci"), "plans the bind: {v}");
+    assert_eq!(driver_of(bdf), driver, "a dry run changes nothing");
+
+    let (code, v, _) = run(bin, &["check", bdf, "--json"]);
+    let dev = &v["devices"][0];
+    report(&format!(
+        "vm-accel check {bdf}: exit {code}: in_use {}",
+        dev["in_use"]
+    ));
+    assert_eq!(code, 1, "not ready: {v}");
+    assert_eq!(dev["preparable"], false, "{v}");
+    let evidence = dev["in_use"].as_array().cloned().unwrap_or_default();
+    let of_kind: Vec<String> = evidence
+        .iter()
+        .filter(|e| e["kind"] == kind && e["bdf"] == bdf)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(!of_kind.is_empty(), "{kind} evidence: {v}");
+    for n in names {
+        assert!(
+            of_kind.iter().any(|m| m.contains(n)),
+            "{kind} names {n}: {v}"
+        );
+    }
+}
+
+/// The control: without the use, nothing is reported and a dry-run bind goes through, so
+/// the refusal above is the use's doing.
+fn assert_not_in_use(bin: &Path, bdf: &str) {
+    let (_, v, _) = run(bin, &["check", bdf, "--json"]);
+    assert_eq!(v["devices"][0]["in_use"], serde_json::json!([]), "{v}");
+    let (code, v, err) = run(
+        bin,
+        &["bind", bdf, "--dry-run", "--json", "--allow", "reset"],
+    );
+    assert_eq!(code, 0, "{v} {err}");
+}
+
+#[test]
+fn a_mounted_disk_is_not_taken() {
+    let test = "a_mounted_disk_is_not_taken";
+    let Some((bdf, bin)) = host_use_device(test, "VM_ACCEL_LAB_DISK_BDF") else {
+        return;
+    };
+    let (disk, point) = (
+        lab_var("VM_ACCEL_LAB_DISK"),
+        lab_var("VM_ACCEL_LAB_DISK_MOUNT"),
+    );
+    let mounted = format!("{disk} mounted on {point}");
+    assert_refused_in_use(&bin, &bdf, "mounted", &[&mounted]);
+    sh("umount", &[&point]);
+    assert_not_in_use(&bin, &bdf);
+    sh("mount", &["-t", "ext2", &format!("/dev/{disk}"), &point]);
+}
+
+#[test]
+fn a_swap_disk_is_not_taken() {
+    let test = "a_swap_disk_is_not_taken";
+    let Some((bdf, bin)) = host_use_device(test, "VM_ACCEL_LAB_SWAP_BDF") else {
+        return;
+    };
+    let dev = format!("/dev/{}", lab_var("VM_ACCEL_LAB_SWAP"));
+    let swap = format!("{} is swap ({dev})", lab_var("VM_ACCEL_LAB_SWAP"));
+    assert_refused_in_use(&bin, &bdf, "swap", &[&swap]);
+    sh("swapoff", &[&dev]);
+    assert_not_in_use(&bin, &bdf);
+    sh("swapon", &[&dev]);
+}
+
+#[test]
+fn a_nic_with_an_address_is_not_taken() {
+    let test = "a_nic_with_an_address_is_not_taken";
+    let Some((bdf, bin)) = host_use_device(test, "VM_ACCEL_LAB_NIC_BDF") else {
+        return;
+    };
+    let nic = lab_var("VM_ACCEL_LAB_NIC");
+    let (v4, v6) = (
+        lab_var("VM_ACCEL_LAB_NIC_ADDR"),
+        lab_var("VM_ACCEL_LAB_NIC_ADDR6"),
+    );
+    let iface = format!("network interface {nic} ");
+    assert_refused_in_use(&bin, &bdf, "network", &[&iface, &v4, &v6]);
+    sh("ip", &["addr", "flush", "dev", &nic]);
+    assert_not_in_use(&bin, &bdf);
+    sh("ip", &["addr", "add", &format!("{v4}/24"), "dev", &nic]);
+    sh(
+        "ip",
+        &["-6", "addr", "add", &format!("{v6}/64"), "dev", &nic],
+    );
+}

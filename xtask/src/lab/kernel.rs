@@ -17,8 +17,21 @@ const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 const FRAGMENT: &str = "lab/iommufd-kernel.config";
 const BUILD_SCRIPT: &str = "lab/build-kernel.sh";
 
-/// Modules the Debian guest loads (with their dependencies, in dependency order).
-const DEBIAN_MODULES: &[&str] = &["vfio_iommu_type1", "vfio-pci", "ccp", "kvm-amd"];
+/// Modules the Debian guest loads (with their dependencies, in dependency order). The
+/// virtio and ext4 modules drive the host-use devices (a mounted disk, a swap disk, a NIC
+/// with an address) that `lab_host_safety` proves `vm-accel` refuses to take.
+const DEBIAN_MODULES: &[&str] = &[
+    "vfio_iommu_type1",
+    "vfio-pci",
+    "ccp",
+    "kvm-amd",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    // ext4 asks the crypto API for crc32c at every mount (modprobe: not in the guest).
+    "crc32c_generic",
+    "ext4",
+];
 
 /// What QEMU boots and what the initramfs must load.
 #[derive(Debug)]

@@ -151,12 +151,17 @@ pub fn run(args: Args) -> Result<()> {
     ));
     std::fs::create_dir_all(&run_dir)?;
     prune_runs(&cache.join("runs"), 10);
+    let host_use = args.kernel == KernelKind::Debian;
+    if host_use {
+        qemu::create_host_use_disks(&run_dir)?;
+    }
     let boot = qemu::Boot {
         kernel: &kernel.image,
         initramfs: &initramfs,
         accel: args.accel,
         edu_devices: args.edu,
         memory_mib: args.memory,
+        host_use_disks: host_use.then_some(run_dir.as_path()),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         timeout: Duration::from_secs(args.timeout),
         verbose: args.verbose,

@@ -18,6 +18,10 @@ pub struct Boot<'a> {
     pub accel: Accel,
     pub edu_devices: u8,
     pub memory_mib: u32,
+    /// Where the host-use disks' images go (the run directory): a virtio-blk disk the guest
+    /// mounts, one it uses as swap, and a virtio-net NIC it gives an address. `None` (the
+    /// iommufd kernel, which has no virtio drivers): no such devices.
+    pub host_use_disks: Option<&'a Path>,
     pub boot_timeout: Duration,
     pub timeout: Duration,
     pub verbose: bool,
@@ -49,6 +53,25 @@ pub struct Outcome {
 pub const MSIX_SERIAL: &str = "vm-accel-lab";
 /// Size of the large-BAR device's BAR2 (QEMU `ivshmem-plain`, PCI 1af4:1110), in GiB.
 pub const LARGE_BAR_GIB: u64 = 64;
+
+/// The host-use disks: (drive id, also the image's name; serial the guest finds it by).
+pub const HOST_USE_DISKS: [(&str, &str); 2] = [("labdisk", "lab-mounted"), ("labswap", "lab-swap")];
+/// Size of each host-use disk image (sparse: only what the guest writes takes space).
+const HOST_USE_DISK_MIB: u64 = 16;
+/// MAC address of the host-use NIC (locally administered).
+pub const HOST_USE_MAC: &str = "52:54:00:1a:b0:01";
+
+/// Creates the host-use disks' sparse images in `dir`.
+pub fn create_host_use_disks(dir: &Path) -> Result<()> {
+    for (id, _) in HOST_USE_DISKS {
+        let path = dir.join(format!("{id}.img"));
+        let f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        f.set_len(HOST_USE_DISK_MIB << 20)
+            .with_context(|| format!("sizing {}", path.display()))?;
+    }
+    Ok(())
+}
 
 pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
     let mut args: Vec<String> = vec!["-M".into(), "q35,kernel-irqchip=split".into()];
@@ -120,6 +143,36 @@ pub fn command_line(boot: &Boot<'_>) -> Vec<String> {
         "-device".into(),
         format!("ivshmem-plain,memdev=largebar,bus=rp{rp}"),
     ]);
+    // The devices the host "uses" (lab_host_safety proves vm-accel refuses to take them),
+    // last so that nothing before them moves, each behind its own root port like the
+    // others: two virtio-blk disks (sparse images in the run directory; init formats and
+    // mounts one, makes the other swap) and a virtio-net NIC on a hub with no other port
+    // (it reaches nothing, not even the host).
+    if let Some(dir) = boot.host_use_disks {
+        let mut rp = boot.edu_devices + 2;
+        for (id, serial) in HOST_USE_DISKS {
+            args.extend([
+                "-drive".into(),
+                format!(
+                    "if=none,id={id},format=raw,file={}",
+                    dir.join(format!("{id}.img")).display()
+                ),
+                "-device".into(),
+                format!("pcie-root-port,id=rp{rp},chassis={rp},slot={rp}"),
+                "-device".into(),
+                format!("virtio-blk-pci,drive={id},serial={serial},bus=rp{rp}"),
+            ]);
+            rp += 1;
+        }
+        args.extend([
+            "-netdev".into(),
+            "hubport,id=labnet,hubid=0".into(),
+            "-device".into(),
+            format!("pcie-root-port,id=rp{rp},chassis={rp},slot={rp}"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=labnet,mac={HOST_USE_MAC},bus=rp{rp}"),
+        ]);
+    }
     args.extend([
         "-kernel".into(),
         boot.kernel.display().to_string(),
@@ -256,6 +309,7 @@ mod tests {
             accel: Accel::Tcg,
             edu_devices: 3,
             memory_mib: 1024,
+            host_use_disks: None,
             boot_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             verbose: false,
