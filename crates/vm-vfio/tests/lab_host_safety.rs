@@ -8,6 +8,9 @@
 //!   long run docs/reliability.md reports);
 //! - a device whose VFIO group a process holds open is reported in use by `vm-accel check`,
 //!   naming the pid and command.
+//! - devices the guest's host really uses (Debian's kernel: a mounted virtio-blk disk, a
+//!   swap disk, a virtio-net NIC with addresses, set up by the lab's init) are refused by
+//!   `vm-accel bind` naming the use, and reported by `vm-accel check` (issue 10, section 1).
 //!
 //! Runs in the lab (the lab puts `vm-accel` on PATH); skips elsewhere. Leaves the device on
 //! vfio-pci, as the lab's init bound it, whatever happens.

@@ -341,6 +341,36 @@ mod tests {
             Some("memory-backend-ram,id=largebar,size=64G,reserve=off,share=on")
         );
         assert!(args.iter().any(|a| a == "q35-pcihost.pci-hole64-size=128G"));
+        // The host-use devices come after everything else, each behind its own new port.
+        let with = command_line(&Boot {
+            host_use_disks: Some(Path::new("/run-dir")),
+            ..boot
+        });
+        let with_devices: Vec<&str> = with
+            .windows(2)
+            .filter(|w| w[0] == "-device")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(with_devices[..devices.len()], devices[..]);
+        assert_eq!(
+            with_devices[devices.len()..],
+            [
+                "pcie-root-port,id=rp5,chassis=5,slot=5",
+                "virtio-blk-pci,drive=labdisk,serial=lab-mounted,bus=rp5",
+                "pcie-root-port,id=rp6,chassis=6,slot=6",
+                "virtio-blk-pci,drive=labswap,serial=lab-swap,bus=rp6",
+                "pcie-root-port,id=rp7,chassis=7,slot=7",
+                "virtio-net-pci,netdev=labnet,mac=52:54:00:1a:b0:01,bus=rp7"
+            ]
+        );
+        assert!(with
+            .iter()
+            .any(|a| a == "if=none,id=labdisk,format=raw,file=/run-dir/labdisk.img"));
+        // A hub port with no other port on the hub: the NIC reaches nothing.
+        assert!(with.iter().any(|a| a == "hubport,id=labnet,hubid=0"));
+        assert!(!with
+            .iter()
+            .any(|a| a.starts_with("user") || a.contains("netdev user")));
         let ports: Vec<&str> = devices
             .iter()
             .filter(|d| d.starts_with("pcie-root-port"))
