@@ -167,9 +167,14 @@ pub fn run(args: Args) -> Result<()> {
         verbose: args.verbose,
     };
     log::info!(
-        "booting {} with {} edu device(s), one MSI-X device (nvme) and one large-BAR device (ivshmem) under {:?}; {} test binar{}",
+        "booting {} with {} edu device(s), one MSI-X device (nvme), one large-BAR device (ivshmem){} under {:?}; {} test binar{}",
         kernel.description,
         args.edu,
+        if host_use {
+            ", two virtio disks and a virtio NIC the guest uses"
+        } else {
+            ""
+        },
         args.accel,
         tests.len(),
         if tests.len() == 1 { "y" } else { "ies" }
