@@ -6,7 +6,6 @@
 //! (legacy on Debian's, iommufd on the lab kernel). Skips outside the lab.
 #![allow(clippy::unwrap_used)]
 
-use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +15,7 @@ use vm_accel_tests::edu::{self, Bar0, Direction};
 use vm_accel_tests::lab::report;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vm_pci::Bdf;
-use vm_vfio::access::{BackendChoice, BackendKind, Device, RegionIndex};
+use vm_vfio::access::{BackendChoice, Device, RegionIndex};
 use vm_vfio::bind::Paths;
 
 /// Guest RAM of the test VMs: 16 MiB at 0 (the edu's DMA reaches 256 MiB).
@@ -51,22 +50,6 @@ fn opts() -> AttachOptions {
     AttachOptions {
         reset_on_attach: false,
         ..AttachOptions::default()
-    }
-}
-
-/// The fd KVM must know for `d`: its cdev (iommufd) or its group (legacy).
-fn kvm_file(d: &Device) -> i32 {
-    match d.backend() {
-        BackendKind::Iommufd => d.raw_fd(),
-        BackendKind::Legacy => {
-            let want = format!("/dev/vfio/{}", d.iommu_group().unwrap());
-            std::fs::read_dir("/proc/self/fd")
-                .unwrap()
-                .filter_map(|e| e.ok())
-                .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
-                .and_then(|e| e.file_name().to_string_lossy().parse().ok())
-                .unwrap_or_else(|| panic!("no open fd for {want}"))
-        }
     }
 }
 
@@ -118,11 +101,8 @@ fn the_device_is_registered_with_kvm_and_released_on_detach() {
     let a =
         AttachedDevice::attach_vfio(&avm, &sys(), bdfs[0], BackendChoice::Auto, &opts()).unwrap();
     let d = a.vfio().unwrap();
-    let fd = kvm_file(d);
-    // SAFETY: `fd` is open for as long as `a` is.
-    let file = unsafe { BorrowedFd::borrow_raw(fd) };
     assert!(
-        avm.check_file_registered(&file).unwrap(),
+        avm.check_device_registered(d).unwrap(),
         "{}: the {} file is not registered with the KVM VFIO device",
         bdfs[0],
         d.backend()

@@ -288,6 +288,34 @@ impl AttachVm {
         lock(&self.dma).mapped()
     }
 
+    /// Whether `dev`'s file is registered with this VM's KVM VFIO device: its cdev
+    /// (iommufd), or its group (legacy; found among this process's open files, since
+    /// vfio-ioctls does not hand out the group fd). See [`AttachVm::check_file_registered`].
+    pub fn check_device_registered(&self, dev: &Device) -> Result<bool> {
+        let fd = match dev.backend() {
+            BackendKind::Iommufd => dev.raw_fd(),
+            BackendKind::Legacy => {
+                let device = dev.bdf().to_string();
+                let op = "find the VFIO group fd";
+                let group = dev
+                    .iommu_group()
+                    .ok_or_else(|| Error::invalid(&device, op, "no IOMMU group"))?;
+                let want = format!("/dev/vfio/{group}");
+                std::fs::read_dir("/proc/self/fd")
+                    .map_err(|e| Error::invalid(&device, op, format!("/proc/self/fd: {e}")))?
+                    .filter_map(|e| e.ok())
+                    .find(|e| {
+                        std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want)
+                    })
+                    .and_then(|e| e.file_name().to_string_lossy().parse().ok())
+                    .ok_or_else(|| Error::invalid(&device, op, format!("no open fd for {want}")))?
+            }
+        };
+        // SAFETY: `fd` is the device's cdev or its group, open while `dev` lives.
+        let file = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        self.check_file_registered(&file)
+    }
+
     /// Asks KVM whether `file` (a VFIO group or device cdev fd) is registered with this
     /// VM's KVM VFIO device: adding it again must fail with EEXIST. Returns true when it
     /// was registered; an unregistered file is added by the probe, so it is removed again.

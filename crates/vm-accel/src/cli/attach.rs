@@ -104,7 +104,7 @@ pub fn attach_test(g: &Global, a: AttachTestArgs) -> CmdResult {
         .vfio()
         .ok_or_else(|| anyhow::anyhow!("attached without VFIO"))?;
     let backend = vfio.backend();
-    let kvm_vfio_registered = registered(&avm, vfio)?;
+    let kvm_vfio_registered = avm.check_device_registered(vfio)?;
     let msi_vectors = vfio.irq(IrqIndex::Msi).map_or(0, |i| i.count);
     let msix_vectors = vfio.irq(IrqIndex::Msix).map_or(0, |i| i.count);
     let t = dev.timings();
@@ -177,26 +177,4 @@ pub fn attach_test(g: &Global, a: AttachTestArgs) -> CmdResult {
 
 fn ms(us: u128) -> f64 {
     us as f64 / 1000.0
-}
-
-/// Whether KVM knows the device's group (legacy) or cdev (iommufd) file.
-fn registered(avm: &AttachVm, d: &vm_vfio::access::Device) -> anyhow::Result<bool> {
-    use std::os::fd::BorrowedFd;
-    let fd = match d.backend() {
-        BackendKind::Iommufd => d.raw_fd(),
-        BackendKind::Legacy => {
-            let group = d
-                .iommu_group()
-                .ok_or_else(|| anyhow::anyhow!("{}: no IOMMU group", d.bdf()))?;
-            let want = format!("/dev/vfio/{group}");
-            std::fs::read_dir("/proc/self/fd")?
-                .filter_map(|e| e.ok())
-                .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
-                .and_then(|e| e.file_name().to_string_lossy().parse().ok())
-                .ok_or_else(|| anyhow::anyhow!("no open fd for {want}"))?
-        }
-    };
-    // SAFETY: `fd` belongs to the attached device, open for the duration of this call.
-    let file = unsafe { BorrowedFd::borrow_raw(fd) };
-    Ok(avm.check_file_registered(&file)?)
 }
