@@ -217,8 +217,8 @@ fn opt_dec<T: std::str::FromStr>(dir: &Path, name: &str) -> Option<T> {
     read_attr(dir, name).and_then(|s| s.parse().ok())
 }
 
-/// [`ConfigRead::Summary`]: the attributes a listing shows, the rest left empty.
-pub(crate) fn read_device_summary(root: &SysfsRoot, bdf: Bdf, dir: &Path) -> Result<PciDevice> {
+/// Vendor, device and class: what every read of a device needs.
+fn read_identity(dir: &Path) -> Result<(u16, u16, ClassCode)> {
     let vendor_id: u16 = read_hex(dir, "vendor")?;
     let device_id: u16 = read_hex(dir, "device")?;
     let class_raw: u32 = read_hex(dir, "class")?;
@@ -228,6 +228,30 @@ pub(crate) fn read_device_summary(root: &SysfsRoot, bdf: Bdf, dir: &Path) -> Res
             format!("{class_raw:#x} is wider than 24 bits"),
         )
     })?;
+    Ok((vendor_id, device_id, class))
+}
+
+/// The group number from the `iommu_group` link (`None` without an IOMMU).
+fn read_iommu_group(root: &SysfsRoot, dir: &Path) -> Result<Option<u32>> {
+    match root.link_name(&dir.join("iommu_group"))? {
+        Some(name) => Ok(Some(name.parse().map_err(|_| {
+            Error::malformed(
+                dir.join("iommu_group"),
+                format!("group name {name:?} is not a number"),
+            )
+        })?)),
+        None => Ok(None),
+    }
+}
+
+/// `numa_node`, where the kernel knows one (it writes -1 otherwise).
+fn read_numa_node(dir: &Path) -> Option<u32> {
+    opt_dec::<i64>(dir, "numa_node").and_then(|n| u32::try_from(n).ok())
+}
+
+/// [`ConfigRead::Summary`]: the attributes a listing shows, the rest left empty.
+pub(crate) fn read_device_summary(root: &SysfsRoot, bdf: Bdf, dir: &Path) -> Result<PciDevice> {
+    let (vendor_id, device_id, class) = read_identity(dir)?;
     let resource_path = dir.join("resource");
     let bars = match read_opt(&resource_path)? {
         Some(text) => parse_resource(&resource_path, &text)?
@@ -236,15 +260,7 @@ pub(crate) fn read_device_summary(root: &SysfsRoot, bdf: Bdf, dir: &Path) -> Res
             .collect(),
         None => Vec::new(),
     };
-    let iommu_group = match root.link_name(&dir.join("iommu_group"))? {
-        Some(name) => Some(name.parse().map_err(|_| {
-            Error::malformed(
-                dir.join("iommu_group"),
-                format!("group name {name:?} is not a number"),
-            )
-        })?),
-        None => None,
-    };
+    let iommu_group = read_iommu_group(root, dir)?;
     Ok(PciDevice {
         bdf,
         vendor_id,
@@ -261,7 +277,7 @@ pub(crate) fn read_device_summary(root: &SysfsRoot, bdf: Bdf, dir: &Path) -> Res
         driver: root.link_name(&dir.join("driver"))?,
         driver_override: None,
         iommu_group,
-        numa_node: opt_dec::<i64>(dir, "numa_node").and_then(|n| u32::try_from(n).ok()),
+        numa_node: read_numa_node(dir),
         local_cpus: None,
         link: None,
         reset_methods: Vec::new(),
@@ -289,15 +305,7 @@ pub(crate) fn read_device_dir(
     if how == ConfigRead::Summary {
         return read_device_summary(root, bdf, dir);
     }
-    let vendor_id: u16 = read_hex(dir, "vendor")?;
-    let device_id: u16 = read_hex(dir, "device")?;
-    let class_raw: u32 = read_hex(dir, "class")?;
-    let class = ClassCode::new(class_raw).ok_or_else(|| {
-        Error::malformed(
-            dir.join("class"),
-            format!("{class_raw:#x} is wider than 24 bits"),
-        )
-    })?;
+    let (vendor_id, device_id, class) = read_identity(dir)?;
     let subsystem_vendor_id: Option<u16> = opt_hex(dir, "subsystem_vendor");
     let subsystem_device_id: Option<u16> = opt_hex(dir, "subsystem_device");
     let revision: Option<u8> = opt_hex(dir, "revision");
@@ -331,16 +339,8 @@ pub(crate) fn read_device_dir(
 
     let driver = root.link_name(&dir.join("driver"))?;
     let driver_override = read_attr(dir, "driver_override").filter(|s| s != "(null)");
-    let iommu_group = match root.link_name(&dir.join("iommu_group"))? {
-        Some(name) => Some(name.parse().map_err(|_| {
-            Error::malformed(
-                dir.join("iommu_group"),
-                format!("group name {name:?} is not a number"),
-            )
-        })?),
-        None => None,
-    };
-    let numa_node = opt_dec::<i64>(dir, "numa_node").and_then(|n| u32::try_from(n).ok());
+    let iommu_group = read_iommu_group(root, dir)?;
+    let numa_node = read_numa_node(dir);
     let link = read_link_info(dir);
     let reset_methods = read_attr(dir, "reset_method")
         .map(|s| s.split_whitespace().map(str::to_string).collect())
