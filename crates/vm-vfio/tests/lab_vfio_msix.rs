@@ -19,7 +19,7 @@ use vm_pci::{Bdf, SysfsRoot};
 use vm_vfio::access::irq::INFO_NORESIZE;
 use vm_vfio::access::region::msix_holes;
 use vm_vfio::access::{
-    Area, BackendChoice, BackendKind, Device, Error, IrqIndex, IrqSet, RegionIndex,
+    page_size, Area, BackendChoice, BackendKind, Device, Error, IrqIndex, IrqSet, RegionIndex,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -73,11 +73,6 @@ fn host_msix(bdf: Bdf) -> MsixCap {
         .msix()
         .cloned()
         .unwrap_or_else(|| panic!("{bdf} has no MSI-X capability"))
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory effects.
-    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page size")
 }
 
 #[test]

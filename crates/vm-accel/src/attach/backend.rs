@@ -8,7 +8,9 @@
 use std::any::Any;
 use std::os::fd::AsRawFd;
 
-use vm_vfio::access::{Area, BarMapping, Device, Error, IrqIndex, IrqSet, MmapAlign, RegionIndex};
+use vm_vfio::access::{
+    page_size, Area, BarMapping, Device, Error, IrqIndex, IrqSet, MmapAlign, RegionIndex,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The result of backend calls (vm-vfio's error: device, operation, errno).
@@ -182,11 +184,4 @@ impl DeviceBackend for Device {
     fn can_reset(&self) -> bool {
         self.info().reset
     }
-}
-
-/// The host page size.
-pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory effects.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
 }

@@ -37,3 +37,9 @@ pub use interrupts::{InterruptStats, Interrupts};
 pub use routes::GsiRoutes;
 pub use soft::{SoftBar, SoftDevice};
 pub use vm::{AttachVm, VmLayout};
+
+/// Locks attach's state even if a thread panicked while holding it: every update is made
+/// whole before the guard drops, so the state behind a poisoned lock is still consistent.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -218,6 +218,6 @@ impl GsiRoutes {
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        super::lock(&self.table)
     }
 }

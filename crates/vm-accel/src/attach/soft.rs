@@ -9,10 +9,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use vm_vfio::access::{Area, Error, IrqIndex, MmapAlign};
+use vm_vfio::access::{page_size, Area, Error, IrqIndex, MmapAlign};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{page_size, BackendResult, BarMap, BarRegion, DeviceBackend};
+use super::backend::{BackendResult, BarMap, BarRegion, DeviceBackend};
+use super::lock;
 
 /// One BAR of a [`SoftDevice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,10 +222,6 @@ impl SoftDevice {
             .and_then(|b| b.as_ref())
             .ok_or_else(|| soft_err("BAR access", &format!("no BAR {bar}")))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn check_range(off: u64, len: usize, size: u64, op: &str) -> BackendResult<usize> {

@@ -15,6 +15,7 @@ use vm_vfio::access::{BackendKind, Device, IommuContext, Iova};
 
 use super::dma::VmDma;
 use super::error::{Error, Result};
+use super::lock;
 use super::routes::GsiRoutes;
 
 /// `KVM_DEV_VFIO_FILE` / `KVM_DEV_VFIO_FILE_ADD` (linux/kvm.h; "GROUP" in older headers).
@@ -91,8 +92,8 @@ impl Resources {
         } else {
             (&mut self.mmio32, "32-bit")
         };
-        let align = size.max(super::backend::page_size());
-        let len = size.max(super::backend::page_size());
+        let align = size.max(vm_vfio::access::page_size());
+        let len = size.max(vm_vfio::access::page_size());
         let err = |reason: String| Error::Allocate {
             device: device.into(),
             what: format!("a {} {kind} MMIO range", human(size)),
@@ -165,10 +166,6 @@ impl std::fmt::Debug for AttachVm {
             .field("dma", &self.dma)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl AttachVm {

@@ -691,14 +691,11 @@ fn aligned_hint(len: usize, align: u64, offset: u64) -> std::io::Result<Option<*
     Ok(Some(start as *mut libc::c_void))
 }
 
-fn page_size() -> u64 {
+/// The host page size (what BAR mmaps and their MSI-X holes are cut to).
+pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
-    } else {
-        4096
-    }
+    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
 }
 
 /// DMA mappings made by one call; unmapped exactly, in reverse, when dropped.

@@ -12,7 +12,7 @@ pub mod region;
 mod sys;
 
 pub use backend::{Availability, BackendChoice, BackendKind, IommuContext};
-pub use device::{BarMapping, Device, DeviceInfo, DmaMapping, MmapAlign};
+pub use device::{page_size, BarMapping, Device, DeviceInfo, DmaMapping, MmapAlign};
 pub use dma::{Gpa, Iova, IovaRange, IovaSpace, MapRefused, Reserved};
 pub use error::{Error, Result};
 pub use irq::{IrqIndex, IrqInfo, IrqSet};
