@@ -8,6 +8,7 @@ use std::sync::Arc;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_accel::attach::{AttachOptions, AttachVm, AttachedDevice, SoftBar, SoftDevice, VmLayout};
+use vm_accel_tests::lab::{fd_count, map_count};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
 use vm_pci::fixture::ConfigBuilder;
 use vm_vfio::access::{Area, IrqIndex};
@@ -229,16 +230,6 @@ fn a_failed_move_is_rolled_back() {
     assert!(a.detach().errors.is_empty());
 }
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
-fn maps() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_thousand_attach_detach_cycles_leave_nothing_behind() {
     let Some((_serial, _kvm, vm, mem)) =
@@ -254,15 +245,15 @@ fn a_thousand_attach_detach_cycles_leave_nothing_behind() {
     AttachedDevice::attach(&avm, dev.clone(), &AttachOptions::default())
         .expect("attach")
         .detach();
-    let (fds, mappings) = (count("/proc/self/fd"), maps());
+    let (fds, mappings) = (fd_count(), map_count().0);
     for i in 0..1000 {
         let a = AttachedDevice::attach(&avm, dev.clone(), &AttachOptions::default())
             .unwrap_or_else(|e| panic!("cycle {i}: {e}"));
         let r = a.detach();
         assert!(r.errors.is_empty(), "cycle {i}: {:?}", r.errors);
     }
-    assert_eq!(count("/proc/self/fd"), fds, "fds after 1,000 cycles");
-    assert_eq!(maps(), mappings, "mappings after 1,000 cycles");
+    assert_eq!(fd_count(), fds, "fds after 1,000 cycles");
+    assert_eq!(map_count().0, mappings, "mappings after 1,000 cycles");
     assert_eq!(avm.routes().len(), 0, "GSI routes after 1,000 cycles");
     assert!(dev.routed_vectors(IrqIndex::Msix).is_empty());
 }

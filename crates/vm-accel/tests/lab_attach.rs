@@ -12,7 +12,7 @@ use std::time::Instant;
 use kvm_ioctls::{Kvm, VmFd};
 use vm_accel::attach::{AttachOptions, AttachVm, AttachedDevice, VmLayout};
 use vm_accel_tests::edu::{self, Bar0, Direction};
-use vm_accel_tests::lab::report;
+use vm_accel_tests::lab::{fd_count, map_count, report};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vm_pci::Bdf;
 use vm_vfio::access::{BackendChoice, Device, RegionIndex};
@@ -173,18 +173,6 @@ fn guest_ram_is_mapped_once_per_vm_and_hotplug_is_exact() {
     ));
 }
 
-fn count_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-/// (all mappings, mappings of VFIO files: BAR mmaps).
-fn count_maps() -> (usize, usize) {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    (
-        maps.lines().count(),
-        maps.lines().filter(|l| l.contains("vfio")).count(),
-    )
-}
-
 #[test]
 fn a_thousand_vfio_attach_detach_cycles_leave_nothing_behind() {
     let Some(bdfs) = lab("a_thousand_vfio_attach_detach_cycles_leave_nothing_behind") else {
@@ -201,15 +189,15 @@ fn a_thousand_vfio_attach_detach_cycles_leave_nothing_behind() {
         assert!(r.errors.is_empty(), "{:?}", r.errors);
     };
     cycle();
-    let (fds, maps) = (count_fds(), count_maps());
+    let (fds, maps) = (fd_count(), map_count());
     let start = Instant::now();
     let n = 1000;
     for _ in 0..n {
         cycle();
     }
     let took = start.elapsed();
-    assert_eq!(count_fds(), fds, "fds after {n} cycles");
-    let after = count_maps();
+    assert_eq!(fd_count(), fds, "fds after {n} cycles");
+    let after = map_count();
     assert_eq!(after.1, maps.1, "BAR mmaps after {n} cycles");
     // The allocator may split or merge a heap mapping or two over a thousand cycles; a
     // leak of ours would be one or more per cycle.

@@ -15,18 +15,12 @@ use vm_vfio::access::{BackendChoice, Device, IrqIndex};
 use vm_vfio::bind::Paths;
 
 fn msix_device(test: &str) -> Option<Bdf> {
-    let Ok(bdf) = std::env::var("VM_ACCEL_LAB_MSIX_BDF") else {
-        vm_accel_tests::hw::skip(
-            test,
-            "VM_ACCEL_LAB_MSIX_BDF is not set (set it to a vfio-pci device with MSI-X, or run `cargo xtask lab`)",
-        );
-        return None;
-    };
-    if !std::path::Path::new("/dev/vfio").exists() {
-        vm_accel_tests::hw::skip(test, "no /dev/vfio on this host");
-        return None;
-    }
-    Some(bdf.parse().expect("VM_ACCEL_LAB_MSIX_BDF is a PCI address"))
+    vm_accel_tests::lab::vfio_device_from_env(
+        test,
+        "VM_ACCEL_LAB_MSIX_BDF",
+        "a vfio-pci device with MSI-X",
+    )
+    .map(|b| b.parse().expect("VM_ACCEL_LAB_MSIX_BDF is a PCI address"))
 }
 
 /// The device's MSI-X capability as the host decodes it (vm-pci, from sysfs).

@@ -24,20 +24,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab_common::{device_under_test, guest_memory, lab_edu_bdfs, report, sys};
+use vm_accel_tests::lab::{fd_count, map_count};
 use vm_pci::Bdf;
 use vm_vfio::access::{BackendChoice, Device};
 use vm_vfio::bind::DriverState;
-
-fn vm_accel() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VM_ACCEL_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join("vm-accel"))
-        .find(|p| p.exists())
-}
 
 fn run(bin: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
     let out = Command::new(bin).args(args).output().expect("run vm-accel");
@@ -55,7 +45,7 @@ struct BackToVfio(Bdf);
 impl Drop for BackToVfio {
     fn drop(&mut self) {
         let b = self.0;
-        let _ = Command::new(vm_accel().unwrap_or_default())
+        let _ = Command::new(vm_accel_tests::lab::vm_accel_bin().unwrap_or_default())
             .arg("restore")
             .output();
         let st = sys().driver_state(b).unwrap_or_default();
@@ -89,7 +79,7 @@ fn set_state(b: Bdf, want: &DriverState) {
 
 fn target(test: &str) -> Option<(Bdf, PathBuf)> {
     let first = device_under_test(test)?;
-    let Some(bin) = vm_accel() else {
+    let Some(bin) = vm_accel_tests::lab::vm_accel_bin() else {
         vm_accel_tests::hw::skip(test, "no vm-accel binary on PATH (or VM_ACCEL_BIN)");
         return None;
     };
@@ -236,17 +226,6 @@ fn two_concurrent_binds_leave_the_group_consistent() {
     ));
 }
 
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// (all mappings, mappings of VFIO files) of this process.
-fn map_count() -> (usize, usize) {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let vfio = maps.lines().filter(|l| l.contains("vfio")).count();
-    (maps.lines().count(), vfio)
-}
-
 /// Memory pinned for DMA: vfio's type1 IOMMU charges it to the process's locked memory.
 fn locked_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -332,7 +311,7 @@ fn a_group_held_open_is_reported_in_use() {
     let Some(bdf) = device_under_test("a_group_held_open_is_reported_in_use") else {
         return;
     };
-    let Some(bin) = vm_accel() else {
+    let Some(bin) = vm_accel_tests::lab::vm_accel_bin() else {
         return vm_accel_tests::hw::skip("a_group_held_open_is_reported_in_use", "no vm-accel");
     };
     let s = bdf.to_string();
@@ -369,7 +348,7 @@ fn host_use_device(test: &str, var: &str) -> Option<(String, PathBuf)> {
         vm_accel_tests::hw::skip(test, &format!("{var} is not set (run `cargo xtask lab`)"));
         return None;
     };
-    let Some(bin) = vm_accel() else {
+    let Some(bin) = vm_accel_tests::lab::vm_accel_bin() else {
         vm_accel_tests::hw::skip(test, "no vm-accel binary on PATH (or VM_ACCEL_BIN)");
         return None;
     };

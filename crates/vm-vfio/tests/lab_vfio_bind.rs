@@ -16,17 +16,6 @@ use vm_pci::Bdf;
 use vm_vfio::access::{BackendChoice, Device};
 use vm_vfio::bind::DriverState;
 
-fn vm_accel() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VM_ACCEL_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join("vm-accel"))
-        .find(|p| p.exists())
-}
-
 fn run(bin: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
     let out = Command::new(bin).args(args).output().expect("run vm-accel");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -77,7 +66,7 @@ fn make_unbound(b: Bdf) {
 /// The edu the lifecycle is exercised on: the last one, so the first stays for others.
 fn target(test: &str) -> Option<(Bdf, PathBuf)> {
     let first = device_under_test(test)?;
-    let Some(bin) = vm_accel() else {
+    let Some(bin) = vm_accel_tests::lab::vm_accel_bin() else {
         vm_accel_tests::hw::skip(test, "no vm-accel binary on PATH (or VM_ACCEL_BIN)");
         return None;
     };

@@ -33,18 +33,12 @@ const VECTORS: u32 = 4;
 /// The MSI-X device, or `None` after reporting the skip.
 fn msix_device(test: &str) -> Option<Bdf> {
     let _ = env_logger::builder().is_test(true).try_init();
-    let Ok(bdf) = std::env::var("VM_ACCEL_LAB_MSIX_BDF") else {
-        vm_accel_tests::hw::skip(
-            test,
-            "VM_ACCEL_LAB_MSIX_BDF is not set (set it to a vfio-pci device with MSI-X, or run `cargo xtask lab`)",
-        );
-        return None;
-    };
-    if !std::path::Path::new("/dev/vfio").exists() {
-        vm_accel_tests::hw::skip(test, "no /dev/vfio on this host");
-        return None;
-    }
-    Some(bdf.parse().expect("VM_ACCEL_LAB_MSIX_BDF is a PCI address"))
+    vm_accel_tests::lab::vfio_device_from_env(
+        test,
+        "VM_ACCEL_LAB_MSIX_BDF",
+        "a vfio-pci device with MSI-X",
+    )
+    .map(|b| b.parse().expect("VM_ACCEL_LAB_MSIX_BDF is a PCI address"))
 }
 
 /// The VFIO paths to run: legacy always; iommufd where the kernel has it, and always on
