@@ -92,21 +92,14 @@ impl Resources {
         } else {
             (&mut self.mmio32, "32-bit")
         };
-        let align = size.max(vm_vfio::access::page_size());
+        // Natural alignment, and at least a page so a memory slot can cover it.
         let len = size.max(vm_vfio::access::page_size());
-        let err = |reason: String| Error::Allocate {
-            device: device.into(),
-            what: format!("a {} {kind} MMIO range", human(size)),
-            reason,
-        };
         alloc
-            .allocate(len, align, AllocPolicy::FirstMatch)
-            .map_err(|e| {
-                err(format!(
-                    "{e} (window {:#x}..={:#x})",
-                    alloc.base(),
-                    alloc.end()
-                ))
+            .allocate(len, len, AllocPolicy::FirstMatch)
+            .map_err(|e| Error::Allocate {
+                device: device.into(),
+                what: format!("a {} {kind} MMIO range", human(size)),
+                reason: format!("{e} (window {:#x}..={:#x})", alloc.base(), alloc.end()),
             })
     }
 
