@@ -164,6 +164,8 @@ pub fn run(args: Args) -> Result<()> {
         host_use_disks: host_use.then_some(run_dir.as_path()),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         timeout: Duration::from_secs(args.timeout),
+        // Past the in-guest per-binary timeout (which prints when it fires) and a margin.
+        stall: Duration::from_secs(args.test_timeout + 60),
         verbose: args.verbose,
     };
     log::info!(
@@ -180,7 +182,30 @@ pub fn run(args: Args) -> Result<()> {
         if tests.len() == 1 { "y" } else { "ies" }
     );
     let prepared = started.elapsed();
-    let outcome = qemu::run(&boot, &run_dir)?;
+    let mut outcome = qemu::run(&boot, &run_dir)?;
+    if let qemu::End::GuestHang(d) = outcome.end {
+        // The whole guest froze (seen rarely under TCG with nested KVM, in binaries that
+        // pass on every other run; docs/hardware-testing.md). One fresh boot, said loudly:
+        // a hang our code causes hangs again and fails the run.
+        let running = outcome
+            .serial
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("@@LAB-BEGIN "))
+            .unwrap_or("?")
+            .to_string();
+        let kept = run_dir.join("serial-hang.log");
+        std::fs::rename(&outcome.serial_log, &kept)?;
+        println!(
+            "lab: WARNING: the guest hung (no console output for {} s) while running {running}; serial log kept: {}; booting once more",
+            d.as_secs(),
+            kept.display()
+        );
+        if host_use {
+            qemu::create_host_use_disks(&run_dir)?;
+        }
+        outcome = qemu::run(&boot, &run_dir)?;
+    }
     let report = report::parse(&outcome.serial, &tests);
     report::print(&report);
 
@@ -202,6 +227,10 @@ pub fn run(args: Args) -> Result<()> {
         }
         qemu::End::Timeout(d) => Some(format!(
             "the run exceeded {} s; QEMU was killed",
+            d.as_secs()
+        )),
+        qemu::End::GuestHang(d) => Some(format!(
+            "the guest hung twice (no console output for {} s); QEMU was killed",
             d.as_secs()
         )),
     };

@@ -24,6 +24,9 @@ pub struct Boot<'a> {
     pub host_use_disks: Option<&'a Path>,
     pub boot_timeout: Duration,
     pub timeout: Duration,
+    /// A booted guest silent on its console this long is hung as a whole (each test binary
+    /// has its own, shorter, in-guest timeout that prints when it fires).
+    pub stall: Duration,
     pub verbose: bool,
 }
 
@@ -36,6 +39,9 @@ pub enum End {
     QemuExited(String),
     BootTimeout(Duration),
     Timeout(Duration),
+    /// The booted guest printed nothing for this long: the whole guest is stuck (not one
+    /// test binary, which the in-guest timeout would have ended and reported).
+    GuestHang(Duration),
 }
 
 /// What one boot produced.
@@ -225,8 +231,13 @@ pub fn run(boot: &Boot<'_>, run_dir: &Path) -> Result<Outcome> {
 
     let mut serial = Vec::new();
     let (mut to_ready, mut to_done) = (None, None);
+    let mut last_line = Instant::now();
     let end = loop {
         let elapsed = started.elapsed();
+        if to_ready.is_some() && last_line.elapsed() >= boot.stall {
+            kill(&mut child);
+            break End::GuestHang(boot.stall);
+        }
         let deadline = if to_ready.is_none() {
             boot.boot_timeout
         } else {
@@ -242,6 +253,7 @@ pub fn run(boot: &Boot<'_>, run_dir: &Path) -> Result<Outcome> {
         }
         match rx.recv_timeout((deadline - elapsed).min(Duration::from_millis(500))) {
             Ok(line) => {
+                last_line = Instant::now();
                 writeln!(log, "{line}")?;
                 if boot.verbose {
                     println!("guest| {line}");
@@ -312,6 +324,7 @@ mod tests {
             host_use_disks: None,
             boot_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
+            stall: Duration::from_secs(1),
             verbose: false,
         };
         let args = command_line(&boot);
