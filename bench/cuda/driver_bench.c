@@ -5,28 +5,9 @@
  *                      /usr/local/nvidia/lib64/libcuda.so.1
  * Run: driver_bench <bench.ptx>   (device: $VM_ACCEL_CUDA_DEVICE, default 0)
  * Output: one `RESULT <side> <metric> <value> <unit>` line per measurement. */
-#include <cuda.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#define CK(call)                                                                      \
-    do {                                                                              \
-        CUresult r_ = (call);                                                         \
-        if (r_ != CUDA_SUCCESS) {                                                     \
-            const char* n_ = NULL;                                                    \
-            cuGetErrorName(r_, &n_);                                                  \
-            fprintf(stderr, "%s failed: %d (%s)\n", #call, (int)r_, n_ ? n_ : "?");   \
-            exit(1);                                                                  \
-        }                                                                             \
-    } while (0)
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+#include "ck.h"
 
 static int cmp_double(const void* a, const void* b) {
     double x = *(const double*)a, y = *(const double*)b;

@@ -90,16 +90,19 @@ pub fn run_all(opts: &HealthOptions, ex: &Exclusive) -> Result<AllReport> {
     let devices = Device::all()?;
     let t = Instant::now();
     // Each thread retains its device's primary context for the whole run, so the peer
-    // phase reuses it instead of creating it again (a context start costs tenths of a
-    // second per GPU).
+    // phase reuses it instead of starting it again. The driver starts contexts partly one at
+    // a time (docs/benchmarks.md); starting them together still beats taking turns, which
+    // was measured too.
     let (outcomes, ctxs): (Vec<DeviceOutcome>, Vec<Option<Context>>) = std::thread::scope(|s| {
         let handles: Vec<_> = devices
             .iter()
             .map(|d| {
                 let (device, ordinal) = (*d, d.ordinal());
-                let h = s.spawn(move || match Context::new(device) {
-                    Ok(ctx) => (health::run_exclusive(ordinal, opts, ex), Some(ctx)),
-                    Err(e) => (Err(e), None),
+                let h = s.spawn(move || {
+                    match crate::steps::timed(ordinal, "context (--all)", || Context::new(device)) {
+                        Ok(ctx) => (health::run_exclusive(ordinal, opts, ex), Some(ctx)),
+                        Err(e) => (Err(e), None),
+                    }
                 });
                 (ordinal, h)
             })
@@ -239,7 +242,9 @@ fn peer_phase(
             let t0 = Instant::now();
             let src = &ctxs[l.src as usize];
             let dst = &ctxs[l.dst as usize];
-            let r = peer_copy(src, dst, opts.copy_bytes);
+            let r = crate::steps::timed(l.dst, &format!("peer copy from GPU {}", l.src), || {
+                peer_copy(src, dst, opts.copy_bytes)
+            });
             let (passed, detail, gbs, failure) = match r {
                 Ok(g) => (
                     true,
@@ -294,7 +299,9 @@ fn peer_copy(src_ctx: &Context, dst_ctx: &Context, bytes: u64) -> Result<f64> {
     src_stream.synchronize()?;
     dst.memset_u32(0)?;
     dst.copy_from_peer(&src)?;
-    let (bad, first) = health::pattern_pass(&dst_stream, &dst_k, &dst, seed, false, grid)?;
+    let mut counters = health::Counters::new(dst_ctx)?;
+    let (bad, first) =
+        health::pattern_pass(&dst_stream, &dst_k, &dst, &mut counters, seed, false, grid)?;
     if bad != 0 {
         return Err(Error::InvalidArgument {
             operation: "peer copy",

@@ -27,6 +27,7 @@ use crate::launch::LaunchConfig;
 use crate::memory::DeviceBuffer;
 use crate::module::{JitOptions, Kernel, Module};
 use crate::sharing::{self, GpuLock, GpuUser, Wait};
+use crate::steps::timed;
 use crate::stream::{Event, EventOptions, Stream, StreamOptions};
 
 /// The health kernels (nvcc 13 PTX of kernels/health.cu).
@@ -199,7 +200,9 @@ pub fn run_exclusive(ordinal: u32, opts: &HealthOptions, ex: &Exclusive) -> Resu
     let t = Instant::now();
     let info = device.info()?;
     let driver = driver_version()?;
-    let lock = match GpuLock::acquire(&ex.run_dir, &info.pci_bdf, ex.wait) {
+    let lock = match timed(ordinal, "lock", || {
+        GpuLock::acquire(&ex.run_dir, &info.pci_bdf, ex.wait)
+    }) {
         Ok(l) => l,
         Err(Error::Busy { reason, .. }) => {
             let users = sharing::other_users(&ex.proc_root, &info.pci_bdf, None);
@@ -218,7 +221,9 @@ pub fn run_exclusive(ordinal: u32, opts: &HealthOptions, ex: &Exclusive) -> Resu
         }
         Err(e) => return Err(e),
     };
-    let before = sharing::other_users(&ex.proc_root, &info.pci_bdf, Some(lock.lock_path()));
+    let before = timed(ordinal, "other users", || {
+        sharing::other_users(&ex.proc_root, &info.pci_bdf, Some(lock.lock_path()))
+    });
     let mut report = run_on(device, info, driver, opts, t)?;
     let mut users = before;
     for u in sharing::other_users(
@@ -304,15 +309,18 @@ fn run_on(
     opts: &HealthOptions,
     started: Instant,
 ) -> Result<HealthReport> {
-    let ctx = Context::new(device)?;
-    let stream = Stream::new(&ctx, StreamOptions::default())?;
+    let ordinal = device.ordinal();
+    let ctx = timed(ordinal, "context", || Context::new(device))?;
+    let stream = timed(ordinal, "stream", || {
+        Stream::new(&ctx, StreamOptions::default())
+    })?;
 
     let mut checks = Vec::new();
     let mut tested = 0u64;
     let mut bandwidth = None;
 
     let t = Instant::now();
-    let kernels = Kernels::load(&ctx);
+    let kernels = timed(ordinal, "ptx_load", || Kernels::load(&ctx));
     let loaded = match &kernels {
         Ok(_) => Ok("health kernels loaded".to_string()),
         Err(e) => Err(fail("ptx_load", e.to_string())),
@@ -321,21 +329,29 @@ fn run_on(
 
     if let Ok(k) = &kernels {
         let grid = info.sm_count.max(1) * 8;
+        let mut mem = timed(ordinal, "allocate", || Allocations::new(&ctx, opts));
 
         let t = Instant::now();
-        let r = vec_add(&ctx, &stream, k, opts.vec_add_elements, grid);
+        let r = timed(ordinal, "vec_add", || {
+            vec_add(&stream, k, &mut mem.vec_add, opts.vec_add_elements, grid)
+        });
         checks.push(outcome("vec_add", t, r));
 
         let t = Instant::now();
-        let r =
-            memory_pattern(&ctx, &stream, k, opts.memory_fraction, grid).map(|(bytes, detail)| {
-                tested = bytes;
-                detail
-            });
+        let r = timed(ordinal, "memory_pattern", || {
+            memory_pattern(&stream, k, &mut mem, opts.memory_fraction, grid)
+        })
+        .map(|(bytes, detail)| {
+            tested = bytes;
+            detail
+        });
         checks.push(outcome("memory_pattern", t, r));
 
         let t = Instant::now();
-        let r = d2d_copy(&ctx, &stream, k, opts, &info, grid).and_then(|bw| {
+        let r = timed(ordinal, "d2d_copy", || {
+            d2d_copy(&ctx, &stream, k, &mut mem, opts, &info, grid)
+        })
+        .and_then(|bw| {
             bandwidth = Some(bw);
             let detail = format!(
                 "{:.0} GB/s copied, {:.0} GB/s read+write{}",
@@ -358,6 +374,7 @@ fn run_on(
             }
         });
         checks.push(outcome("d2d_copy", t, r));
+        timed(ordinal, "free", || drop(mem));
     }
 
     let passed = checks.iter().all(|c| c.passed);
@@ -373,6 +390,87 @@ fn run_on(
         busy: None,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// Every device allocation of the checks, made before the first check and freed after the
+/// last. The driver serialises allocations and frees across all the GPUs of the host, and
+/// a free of the pattern buffer waits while the driver clears it (~25 ms for 35 GiB on an
+/// H200): made between checks, they would make parallel checks (`check --all`) wait for
+/// each other in the middle of their work. A failed allocation fails the check that
+/// needed it, as out of memory (busy, if other processes hold the GPU).
+struct Allocations {
+    /// `a`, `b` and `c` of the vector addition.
+    vec_add: Result<[DeviceBuffer<f32>; 3]>,
+    /// Source and destination of the copy check.
+    copy: Result<[DeviceBuffer<u32>; 2]>,
+    /// The verification counters of the pattern passes.
+    counters: Result<Counters>,
+    /// The pattern test's share of the memory still free after the others.
+    pattern: Result<DeviceBuffer<u32>>,
+}
+
+impl Allocations {
+    fn new(ctx: &Context, opts: &HealthOptions) -> Self {
+        let vec_add = (|| {
+            let n = opts.vec_add_elements;
+            Ok([
+                DeviceBuffer::alloc(ctx, n)?,
+                DeviceBuffer::alloc(ctx, n)?,
+                DeviceBuffer::alloc(ctx, n)?,
+            ])
+        })();
+        let copy = ctx.memory_info().and_then(|m| {
+            let words = (opts.copy_bytes.min(m.free_bytes / 4).max(4) / 4) as usize;
+            Ok([
+                DeviceBuffer::alloc(ctx, words)?,
+                DeviceBuffer::alloc(ctx, words)?,
+            ])
+        });
+        let counters = Counters::new(ctx);
+        let pattern = ctx.memory_info().and_then(|m| {
+            let words = ((m.free_bytes as f64 * opts.memory_fraction) as u64 / 4) as usize;
+            if words == 0 {
+                return Err(fail(
+                    "memory_pattern",
+                    format!("no free memory to test ({} bytes free)", m.free_bytes),
+                ));
+            }
+            DeviceBuffer::alloc(ctx, words)
+        });
+        Self {
+            vec_add,
+            copy,
+            counters,
+            pattern,
+        }
+    }
+}
+
+/// The allocation's failure again, for the check that needed the memory: a driver error
+/// keeps its code, so out of memory stays out of memory.
+fn alloc_failure(e: &Error) -> Error {
+    match e {
+        Error::Driver { operation, code } => Error::Driver {
+            operation,
+            code: *code,
+        },
+        other => fail("allocation", other.to_string()),
+    }
+}
+
+/// The counters a verification pass writes: mismatches and the first bad index.
+pub(crate) struct Counters {
+    mismatches: DeviceBuffer<u64>,
+    first_bad: DeviceBuffer<u64>,
+}
+
+impl Counters {
+    pub(crate) fn new(ctx: &Context) -> Result<Self> {
+        Ok(Self {
+            mismatches: DeviceBuffer::alloc(ctx, 1)?,
+            first_bad: DeviceBuffer::alloc(ctx, 1)?,
+        })
+    }
 }
 
 pub(crate) fn outcome(name: &'static str, t: Instant, r: Result<String>) -> CheckResult {
@@ -413,17 +511,23 @@ fn fail(operation: &'static str, reason: String) -> Error {
     Error::InvalidArgument { operation, reason }
 }
 
-fn vec_add(ctx: &Context, stream: &Stream, k: &Kernels, n: usize, grid: u32) -> Result<String> {
+fn vec_add(
+    stream: &Stream,
+    k: &Kernels,
+    bufs: &mut Result<[DeviceBuffer<f32>; 3]>,
+    n: usize,
+    grid: u32,
+) -> Result<String> {
+    let [da, db, dc] = bufs.as_mut().map_err(|e| alloc_failure(e))?;
     let a: Vec<f32> = (0..n).map(|i| (i % (1 << 20)) as f32).collect();
     let b: Vec<f32> = (0..n).map(|i| (2 * (i % (1 << 20)) + 1) as f32).collect();
-    let da = DeviceBuffer::from_slice(ctx, &a)?;
-    let db = DeviceBuffer::from_slice(ctx, &b)?;
-    let mut dc = DeviceBuffer::<f32>::alloc(ctx, n)?;
+    da.copy_from_host(&a)?;
+    db.copy_from_host(&b)?;
     dc.memset_u32(0xFFFF_FFFF)?; // NaN everywhere: an unwritten element cannot pass
     let args = KernelArgs::new()
-        .buffer(&da)
-        .buffer(&db)
-        .buffer(&dc)
+        .buffer(da)
+        .buffer(db)
+        .buffer(dc)
         .u64(n as u64);
     k.vec_add
         .launch(stream, &LaunchConfig::new(grid, 256), &args)?;
@@ -442,17 +546,17 @@ fn vec_add(ctx: &Context, stream: &Stream, k: &Kernels, n: usize, grid: u32) -> 
     }
 }
 
-/// Fills and verifies `words` u32 of `buf` with `seed`; returns the mismatch count and the
+/// Fills (when `fill`) and verifies `buf` with `seed`; returns the mismatch count and the
 /// first bad index.
 pub(crate) fn pattern_pass(
     stream: &Stream,
     k: &Kernels,
     buf: &DeviceBuffer<u32>,
+    counters: &mut Counters,
     seed: u32,
     fill: bool,
     grid: u32,
 ) -> Result<(u64, u64)> {
-    let ctx = buf.context();
     let n = buf.len() as u64;
     let cfg = LaunchConfig::new(grid, 256);
     if fill {
@@ -462,10 +566,8 @@ pub(crate) fn pattern_pass(
             &KernelArgs::new().buffer(buf).u64(n).u32(seed),
         )?;
     }
-    let counters = DeviceBuffer::from_slice(ctx, &[0u64, u64::MAX])?;
-    // Two one-element views of `counters` would need sub-buffer pointers; a second buffer
-    // keeps the argument list fully typed instead.
-    let first_bad = DeviceBuffer::from_slice(ctx, &[u64::MAX])?;
+    counters.mismatches.copy_from_host(&[0])?;
+    counters.first_bad.copy_from_host(&[u64::MAX])?;
     k.check.launch(
         stream,
         &cfg,
@@ -473,33 +575,29 @@ pub(crate) fn pattern_pass(
             .buffer(buf)
             .u64(n)
             .u32(seed)
-            .buffer(&counters)
-            .buffer(&first_bad),
+            .buffer(&counters.mismatches)
+            .buffer(&counters.first_bad),
     )?;
     stream.synchronize()?;
-    let mismatches = counters.to_vec()?[0];
-    Ok((mismatches, first_bad.to_vec()?[0]))
+    let mismatches = counters.mismatches.to_vec()?[0];
+    Ok((mismatches, counters.first_bad.to_vec()?[0]))
 }
 
 fn memory_pattern(
-    ctx: &Context,
     stream: &Stream,
     k: &Kernels,
+    mem: &mut Allocations,
     fraction: f64,
     grid: u32,
 ) -> Result<(u64, String)> {
-    let free = ctx.memory_info()?.free_bytes;
-    let words = ((free as f64 * fraction) as u64 / 4) as usize;
-    if words == 0 {
-        return Err(fail(
-            "memory_pattern",
-            format!("no free memory to test ({free} bytes free)"),
-        ));
-    }
-    let buf = DeviceBuffer::<u32>::alloc(ctx, words)?;
-    let bytes = buf.byte_len() as u64;
+    let buf = mem.pattern.as_ref().map_err(alloc_failure)?;
+    let counters = mem.counters.as_mut().map_err(|e| alloc_failure(e))?;
+    let ordinal = buf.context().device().ordinal();
+    let words = buf.len();
     for seed in [0x5EED_1234u32, !0x5EED_1234u32] {
-        let (bad, first) = pattern_pass(stream, k, &buf, seed, true, grid)?;
+        let (bad, first) = timed(ordinal, "memory_pattern pass", || {
+            pattern_pass(stream, k, buf, counters, seed, true, grid)
+        })?;
         if bad != 0 {
             return Err(fail(
                 "memory_pattern",
@@ -510,6 +608,7 @@ fn memory_pattern(
             ));
         }
     }
+    let bytes = buf.byte_len() as u64;
     Ok((
         bytes,
         format!(
@@ -524,25 +623,24 @@ fn d2d_copy(
     ctx: &Context,
     stream: &Stream,
     k: &Kernels,
+    mem: &mut Allocations,
     opts: &HealthOptions,
     info: &DeviceInfo,
     grid: u32,
 ) -> Result<Bandwidth> {
-    let free = ctx.memory_info()?.free_bytes;
-    let bytes = opts.copy_bytes.min(free / 4).max(4);
-    let words = (bytes / 4) as usize;
-    let src = DeviceBuffer::<u32>::alloc(ctx, words)?;
-    let mut dst = DeviceBuffer::<u32>::alloc(ctx, words)?;
+    let [src, dst] = mem.copy.as_mut().map_err(|e| alloc_failure(e))?;
+    let counters = mem.counters.as_mut().map_err(|e| alloc_failure(e))?;
+    let words = src.len();
     let seed = 0xC0DE_D00D;
     k.fill.launch(
         stream,
         &LaunchConfig::new(grid, 256),
-        &KernelArgs::new().buffer(&src).u64(words as u64).u32(seed),
+        &KernelArgs::new().buffer(src).u64(words as u64).u32(seed),
     )?;
     dst.memset_u32(0)?;
     stream.synchronize()?;
-    dst.copy_from_device_async(&src, stream)?; // warm-up, and the copy verified below
-    let (bad, first) = pattern_pass(stream, k, &dst, seed, false, grid)?;
+    dst.copy_from_device_async(src, stream)?; // warm-up, and the copy verified below
+    let (bad, first) = pattern_pass(stream, k, dst, counters, seed, false, grid)?;
     if bad != 0 {
         return Err(fail(
             "d2d_copy",
@@ -557,15 +655,16 @@ fn d2d_copy(
     let iters = opts.copy_iterations.max(1);
     start.record(stream)?;
     for _ in 0..iters {
-        dst.copy_from_device_async(&src, stream)?;
+        dst.copy_from_device_async(src, stream)?;
     }
     end.record(stream)?;
     end.synchronize()?;
     let secs = f64::from(Event::elapsed_ms(&start, &end)?) / 1e3;
-    let copied = dst.byte_len() as f64 * f64::from(iters) / secs;
+    let copy_bytes = dst.byte_len() as u64;
+    let copied = copy_bytes as f64 * f64::from(iters) / secs;
     let peak = info.peak_memory_bandwidth_bytes_per_s;
     Ok(Bandwidth {
-        copy_bytes: dst.byte_len() as u64,
+        copy_bytes,
         copied_gbs: copied / 1e9,
         traffic_gbs: 2.0 * copied / 1e9,
         peak_gbs: peak.map(|p| p / 1e9),

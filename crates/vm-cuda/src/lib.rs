@@ -42,6 +42,7 @@ pub mod module;
 pub mod peer;
 pub mod ptx;
 pub mod sharing;
+mod steps;
 pub mod stream;
 mod sys;
 

@@ -28,6 +28,32 @@ pub enum CudaCommand {
 /// Exit code of a busy GPU (locked by another check, or shared while a check was slow).
 pub const EXIT_BUSY: u8 = 3;
 
+/// The driver settings the CLI starts its contexts with, unless the operator set them.
+///
+/// `CUDA_DEVICE_MAX_CONNECTIONS` is the number of "compute and copy engine concurrent
+/// connections (work queues) from the host to the device" (NVIDIA's words): the driver
+/// builds all of them when it starts a context, and starts contexts one at a time across
+/// the whole host. The CLI runs one stream per GPU, so one is all it uses: on an H200 a
+/// context then starts in about half the time and is torn down in about a third
+/// (docs/benchmarks.md, "`check --all` vs the single check, taken apart").
+pub const DRIVER_ENV: [(&str, &str); 1] = [("CUDA_DEVICE_MAX_CONNECTIONS", "1")];
+
+/// Applies [`DRIVER_ENV`] to this process. Call it before any thread starts and before the
+/// driver is loaded: the driver reads the variables when it starts.
+pub(crate) fn set_driver_env() {
+    for (name, value) in driver_env_to_set(|n| std::env::var_os(n).is_some()) {
+        std::env::set_var(name, value);
+    }
+}
+
+/// The [`DRIVER_ENV`] entries the operator has not set.
+fn driver_env_to_set(is_set: impl Fn(&str) -> bool) -> Vec<(&'static str, &'static str)> {
+    DRIVER_ENV
+        .into_iter()
+        .filter(|(name, _)| !is_set(name))
+        .collect()
+}
+
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// CUDA device ordinal.
@@ -401,6 +427,15 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_operators_driver_settings_win() {
+        assert_eq!(
+            driver_env_to_set(|_| false),
+            [("CUDA_DEVICE_MAX_CONNECTIONS", "1")]
+        );
+        assert!(driver_env_to_set(|n| n == "CUDA_DEVICE_MAX_CONNECTIONS").is_empty());
+    }
     use super::*;
 
     fn gpu_at(bdf: &str) -> DeviceInfo {

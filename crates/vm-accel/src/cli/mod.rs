@@ -188,6 +188,8 @@ fn output_error(e: &anyhow::Error) -> Option<&std::io::Error> {
 /// Runs the command line on the process's arguments; the exit code follows
 /// docs/json-schema.md (0 success, 1 a check failed, 2 an error).
 pub fn main() -> ExitCode {
+    // First: the process is still single-threaded (setting variables is not thread-safe).
+    cuda::set_driver_env();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
