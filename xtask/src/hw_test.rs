@@ -158,6 +158,17 @@ const SUITES: &[Suite] = &[
         env: &[],
     },
     Suite {
+        name: "cuda-lifecycle",
+        about: "vm-accel's health-check step on real GPUs: a GPU named by PCI address, under the per-GPU lock",
+        needs: &[Cap::Gpu],
+        runner: Runner::CargoTest {
+            package: "vm-accel",
+            tests: &["gpu_health"],
+            features: &["cuda"],
+        },
+        env: &[],
+    },
+    Suite {
         name: "vfio",
         about: "vm-vfio (legacy container) against a vfio-pci device named by VM_ACCEL_TEST_BDF",
         needs: &[Cap::Vfio, Cap::Iommu],

@@ -11,6 +11,7 @@
 pub mod attach;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod gpu_check;
 pub mod lifecycle;
 
 pub use vm_cuda;

@@ -155,26 +155,24 @@ impl Released {
         &self.outcome
     }
 
-    /// Runs the GPU health check on the device, now that its own driver has it again
-    /// (`vm_cuda::Error::NoDevice`-style errors when CUDA does not see it).
+    /// Runs the GPU health check on the device, now that its own driver has it again, under
+    /// the GPU's lock in `/run/vm-accel` (the lock `vm-accel cuda check` takes: concurrent
+    /// checks queue instead of measuring each other). An error when CUDA does not see the
+    /// device or the lock directory cannot be created; [`Released::health_check_with`] takes
+    /// another directory.
     pub fn health_check(
         &self,
         opts: &vm_cuda::health::HealthOptions,
     ) -> Result<vm_cuda::health::HealthReport, Error> {
-        let ordinal = cuda_ordinal(self.bdf)?;
-        Ok(vm_cuda::health::run(ordinal, opts)?)
+        self.health_check_with(opts, &vm_cuda::health::Exclusive::default())
     }
-}
 
-/// The CUDA ordinal of the GPU at `bdf` (matched by PCI domain, bus and device).
-fn cuda_ordinal(bdf: Bdf) -> Result<u32, Error> {
-    for d in vm_cuda::Device::all()? {
-        let info = d.info()?;
-        if Bdf::new(info.pci.domain, info.pci.bus, info.pci.device, 0) == Some(bdf) {
-            return Ok(info.ordinal);
-        }
+    /// [`Released::health_check`] with the lock directory, /proc and queueing of `ex`.
+    pub fn health_check_with(
+        &self,
+        opts: &vm_cuda::health::HealthOptions,
+        ex: &vm_cuda::health::Exclusive,
+    ) -> Result<vm_cuda::health::HealthReport, Error> {
+        crate::gpu_check::check(self.bdf, opts, ex)
     }
-    Err(Error::NotFound(format!(
-        "{bdf}: the CUDA driver does not see this device (is it on the NVIDIA driver?)"
-    )))
 }

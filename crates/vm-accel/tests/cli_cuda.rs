@@ -61,6 +61,27 @@ fn cuda_info_without_the_driver_exits_2_and_says_why() {
 fn cuda_check_without_the_driver_exits_2() {
     let out = vm_accel(&["cuda", "check", "--no-wait"], &[NO_DRIVER]);
     assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    // By PCI address: the same refusal, naming the device as given.
+    let out = vm_accel(&["cuda", "check", "--device", "3b:00.0"], &[NO_DRIVER]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("health check of device 0000:3b:00.0 could not run"),
+        "{err}"
+    );
+    if cfg!(feature = "cuda") {
+        assert!(err.contains("NVIDIA driver not found"), "{err}");
+    } else {
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+    // Neither an ordinal nor an address: a usage error (exit 2) that says what is expected.
+    let out = vm_accel(&["cuda", "check", "--device", "gpu0"], &[NO_DRIVER]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("ordinal or a PCI address"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// The cuda build must not need libcuda.so.1 to start: no DT_NEEDED entry for it.

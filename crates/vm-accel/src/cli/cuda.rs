@@ -28,6 +28,38 @@ pub enum CudaCommand {
 /// Exit code of a busy GPU (locked by another check, or shared while a check was slow).
 pub const EXIT_BUSY: u8 = 3;
 
+/// `--device`: a CUDA ordinal, or a PCI address (what every other vm-accel command takes;
+/// CUDA numbers GPUs in its own order, not PCI order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// A CUDA device ordinal.
+    Ordinal(u32),
+    /// The GPU's PCI function.
+    Pci(vm_pci::Bdf),
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(n) = s.parse() {
+            return Ok(Self::Ordinal(n));
+        }
+        s.parse().map(Self::Pci).map_err(|e| {
+            format!("{e} (expected a CUDA device ordinal or a PCI address like 0000:3b:00.0)")
+        })
+    }
+}
+
+impl std::fmt::Display for DeviceArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ordinal(n) => write!(f, "{n}"),
+            Self::Pci(b) => write!(f, "{b}"),
+        }
+    }
+}
+
 /// The driver settings the CLI starts its contexts with, unless the operator set them.
 ///
 /// `CUDA_DEVICE_MAX_CONNECTIONS` is the number of "compute and copy engine concurrent
@@ -56,9 +88,9 @@ fn driver_env_to_set(is_set: impl Fn(&str) -> bool) -> Vec<(&'static str, &'stat
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// CUDA device ordinal.
-    #[arg(long, default_value_t = 0, env = "VM_ACCEL_CUDA_DEVICE")]
-    pub device: u32,
+    /// The GPU: its CUDA ordinal, or its PCI address (`0000:3b:00.0`, as `list` shows it).
+    #[arg(long, default_value = "0", env = "VM_ACCEL_CUDA_DEVICE")]
+    pub device: DeviceArg,
     /// Every GPU (in parallel), plus a peer-copy test between every pair with peer access.
     #[arg(long, conflicts_with = "device")]
     pub all: bool,
@@ -146,6 +178,14 @@ fn explain(e: &vm_cuda::Error) -> String {
             .to_string()
     } else {
         e.to_string()
+    }
+}
+
+/// [`explain`] for the facade's error, which wraps the CUDA one.
+fn explain_facade(e: &crate::Error) -> String {
+    match e {
+        crate::Error::Cuda(c) => explain(c),
+        other => other.to_string(),
     }
 }
 
@@ -304,11 +344,15 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
     if a.all {
         return check_all(g, &opts, &ex);
     }
-    let report = health::run_exclusive(a.device, &opts, &ex).map_err(|e| {
+    let report = match a.device {
+        DeviceArg::Ordinal(n) => health::run_exclusive(n, &opts, &ex).map_err(crate::Error::from),
+        DeviceArg::Pci(bdf) => crate::gpu_check::check(bdf, &opts, &ex),
+    }
+    .map_err(|e| {
         anyhow::anyhow!(
             "CUDA health check of device {} could not run: {}",
             a.device,
-            explain(&e)
+            explain_facade(&e)
         )
     })?;
     if g.json {
@@ -427,6 +471,18 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn device_is_an_ordinal_or_a_pci_address() {
+        assert_eq!("3".parse(), Ok(DeviceArg::Ordinal(3)));
+        let full: DeviceArg = "0000:3b:00.0".parse().expect("full address");
+        let short: DeviceArg = "3b:00.0".parse().expect("short address");
+        assert_eq!(full, short);
+        assert_eq!(full.to_string(), "0000:3b:00.0");
+        let err = "gpu0".parse::<DeviceArg>().expect_err("not a device");
+        assert!(err.contains("ordinal or a PCI address"), "{err}");
+        assert!("-1".parse::<DeviceArg>().is_err());
+    }
 
     #[test]
     fn the_operators_driver_settings_win() {
