@@ -21,12 +21,18 @@ use crate::Bdf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcRoot {
     path: PathBuf,
+    /// This host's own /proc: what procfs does not list (IPv4 addresses per interface) is
+    /// asked of the kernel directly.
+    live: bool,
 }
 
 impl ProcRoot {
     /// A procfs (or a fixture's fake one) at `path`.
     pub fn new(path: impl Into<PathBuf>) -> ProcRoot {
-        ProcRoot { path: path.into() }
+        ProcRoot {
+            path: path.into(),
+            live: false,
+        }
     }
     /// Where it is.
     pub fn path(&self) -> &Path {
@@ -37,7 +43,10 @@ impl ProcRoot {
     /// and the `in_use` check says so).
     pub fn for_sysfs(root: &SysfsRoot) -> Option<ProcRoot> {
         if root.is_live() {
-            return Some(ProcRoot::new("/proc"));
+            return Some(ProcRoot {
+                path: "/proc".into(),
+                live: true,
+            });
         }
         let captured = root.path().join("proc");
         captured.is_dir().then(|| ProcRoot::new(captured))
@@ -192,6 +201,14 @@ impl HostUsage {
                             .insert(Ipv6Addr::from(bits).to_string());
                     }
                 }
+            }
+        }
+        if proc.live {
+            // procfs lists IPv4 addresses by subnet route only: an address whose interface
+            // routes nothing (a /32, a deleted subnet route) is only in the kernel's list.
+            for (iface, a) in live_ipv4_addresses() {
+                u.addr_ifaces.insert(iface.clone());
+                u.addresses.entry(iface).or_default().insert(a.to_string());
             }
         }
         u.scan_fds(p);
@@ -421,6 +438,44 @@ fn ipv4_subnets(route: &str) -> Vec<(String, u32, u32)> {
         .collect()
 }
 
+/// Every IPv4 address of this host's interfaces with the interface's name (an alias label
+/// such as `eth0:1` counts for `eth0`), from getifaddrs(3). Empty when the call fails.
+fn live_ipv4_addresses() -> Vec<(String, Ipv4Addr)> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid out-pointer; on success the list is freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        log::debug!(
+            "getifaddrs: {}: IPv4 addresses only through routes",
+            std::io::Error::last_os_error()
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null ifa_addr points to a sockaddr whose family says its type.
+        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: AF_INET: the sockaddr is a sockaddr_in.
+        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+        let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let label = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
+        let iface = label.split(':').next().unwrap_or_default().to_string();
+        out.push((iface, addr));
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once; no node is used after this.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
 /// The host's local IPv4 addresses: /proc/net/fib_trie's leaves followed by `/32 host LOCAL`.
 fn local_ipv4(fib_trie: &str) -> BTreeSet<Ipv4Addr> {
     let mut out = BTreeSet::new();
@@ -607,6 +662,16 @@ mod tests {
         assert_eq!(m[0].point, "/mnt data");
         assert_eq!(m[0].source, "/dev/nvme0n1p1");
         assert!(parse_mountinfo("garbage\n\n").is_empty());
+    }
+
+    #[test]
+    fn live_ipv4_addresses_include_the_loopback() {
+        let all = live_ipv4_addresses();
+        assert!(
+            all.iter()
+                .any(|(i, a)| i == "lo" && *a == Ipv4Addr::LOCALHOST),
+            "{all:?}"
+        );
     }
 
     #[test]

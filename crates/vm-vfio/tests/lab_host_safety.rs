@@ -500,6 +500,13 @@ fn a_nic_with_an_address_is_not_taken() {
     assert_refused_in_use(&bin, &bdf, "network", &[&iface, &v4, &v6]);
     sh("ip", &["addr", "flush", "dev", &nic]);
     assert_not_in_use(&bin, &bdf);
+    // An IPv4 /32 gets no subnet route, so /proc/net/route never names the interface: only
+    // the kernel's address list (getifaddrs) shows the NIC carries an address.
+    let host = "10.77.0.1";
+    sh("ip", &["addr", "add", &format!("{host}/32"), "dev", &nic]);
+    assert_refused_in_use(&bin, &bdf, "network", &[&iface, host]);
+    sh("ip", &["addr", "flush", "dev", &nic]);
+    assert_not_in_use(&bin, &bdf);
     sh("ip", &["addr", "add", &format!("{v4}/24"), "dev", &nic]);
     sh(
         "ip",
