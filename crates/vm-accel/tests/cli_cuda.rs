@@ -74,6 +74,14 @@ fn cuda_check_without_the_driver_exits_2() {
     } else {
         assert!(err.contains("--features cuda"), "{err}");
     }
+    // A deadline must be a positive number of seconds.
+    let out = vm_accel(&["cuda", "check", "--deadline-s", "0"], &[NO_DRIVER]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("seconds in (0, 86400]"),
+        "{}",
+        text(&out.stderr)
+    );
     // Neither an ordinal nor an address: a usage error (exit 2) that says what is expected.
     let out = vm_accel(&["cuda", "check", "--device", "gpu0"], &[NO_DRIVER]);
     assert_eq!(out.status.code(), Some(2));

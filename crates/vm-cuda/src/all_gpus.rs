@@ -6,11 +6,12 @@
 //! its own GPU lock; the peer phase runs after it, holding the locks of every GPU (taken
 //! in PCI order, so two `--all` checks queue instead of deadlocking).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::args::KernelArgs;
 use crate::context::Context;
-use crate::device::Device;
+use crate::deadline::{run_within, Outcome, Progress};
+use crate::device::{driver_version, Device};
 use crate::error::{Error, Result};
 use crate::health::{self, Exclusive, Failure, HealthOptions, HealthReport, Kernels, Verdict};
 use crate::launch::LaunchConfig;
@@ -82,6 +83,21 @@ pub struct AllReport {
     pub peers_elapsed_ms: f64,
 }
 
+impl AllReport {
+    /// A device's check or a peer copy did not finish by the deadline (see
+    /// [`HealthReport::is_stuck`]).
+    pub fn is_stuck(&self) -> bool {
+        self.devices
+            .iter()
+            .any(|d| d.report.as_ref().is_some_and(HealthReport::is_stuck))
+            || self
+                .peers
+                .pairs
+                .iter()
+                .any(|p| p.failure == Some(Failure::Stuck))
+    }
+}
+
 /// Copies per timed peer measurement.
 const PEER_ITERATIONS: u32 = 10;
 
@@ -93,14 +109,29 @@ pub fn run_all(opts: &HealthOptions, ex: &Exclusive) -> Result<AllReport> {
     // phase reuses it instead of starting it again. The driver starts contexts partly one at
     // a time (docs/benchmarks.md); starting them together still beats taking turns, which
     // was measured too.
-    let (outcomes, ctxs): (Vec<DeviceOutcome>, Vec<Option<Context>>) = std::thread::scope(|s| {
+    let results: Vec<(DeviceOutcome, Option<Context>, bool)> = std::thread::scope(|s| {
         let handles: Vec<_> = devices
             .iter()
             .map(|d| {
                 let (device, ordinal) = (*d, d.ordinal());
                 let h = s.spawn(move || {
-                    match crate::steps::timed(ordinal, "context (--all)", || Context::new(device)) {
-                        Ok(ctx) => (health::run_exclusive(ordinal, opts, ex), Some(ctx)),
+                    let t = Instant::now();
+                    match retain(device, opts.deadline) {
+                        Ok(Some(ctx)) => (health::run_exclusive(ordinal, opts, ex), Some(ctx)),
+                        Ok(None) => {
+                            let stuck = device.info().and_then(|info| {
+                                Ok(health::stuck_report(
+                                    info,
+                                    driver_version()?,
+                                    Vec::new(),
+                                    "context",
+                                    t.elapsed(),
+                                    opts.deadline,
+                                    t,
+                                ))
+                            });
+                            (stuck, None)
+                        }
                         Err(e) => (Err(e), None),
                     }
                 });
@@ -131,14 +162,47 @@ pub fn run_all(opts: &HealthOptions, ex: &Exclusive) -> Result<AllReport> {
                         error: Some(e.to_string()),
                     },
                 };
-                (outcome, ctx)
+                let stuck = outcome.report.as_ref().is_some_and(HealthReport::is_stuck);
+                (outcome, ctx, stuck)
             })
-            .unzip()
+            .collect()
     });
     let devices_elapsed_ms = t.elapsed().as_secs_f64() * 1e3;
 
+    // A GPU whose check is stuck is not touched again: its retained context is left to the
+    // stuck check (releasing it would wait for the stuck work), and no peer copy is tried.
+    let mut outcomes = Vec::new();
+    let mut ctxs = Vec::new();
+    let mut stuck = Vec::new();
+    for (outcome, ctx, is_stuck) in results {
+        if is_stuck {
+            stuck.push(outcome.ordinal);
+            std::mem::forget(ctx);
+            ctxs.push(None);
+        } else {
+            ctxs.push(ctx);
+        }
+        outcomes.push(outcome);
+    }
+
     let t = Instant::now();
-    let peers = peer_phase(&devices, &ctxs, opts, ex)?;
+    let peers = if stuck.is_empty() {
+        peer_phase(&devices, &ctxs, opts, ex)?
+    } else {
+        PeerTests {
+            skipped: Some(format!(
+                "GPU {} did not finish its check: no peer copy tried",
+                stuck
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            pairs: Vec::new(),
+            without_access: Vec::new(),
+            busy: false,
+        }
+    };
     let peers_elapsed_ms = t.elapsed().as_secs_f64() * 1e3;
 
     let verdict = combine(&outcomes, &peers);
@@ -150,6 +214,19 @@ pub fn run_all(opts: &HealthOptions, ex: &Exclusive) -> Result<AllReport> {
         devices_elapsed_ms,
         peers_elapsed_ms,
     })
+}
+
+/// The device's primary context, retained for the whole run, started under `deadline`:
+/// `None` when it did not start in time (the start is left running).
+fn retain(device: Device, deadline: Duration) -> Result<Option<Context>> {
+    let name = format!("gpu{} context", device.ordinal());
+    let started = crate::steps::timed(device.ordinal(), "context (--all)", || {
+        run_within(deadline, name, move |_: &Progress<()>| Context::new(device))
+    })?;
+    match started {
+        Outcome::Finished(ctx) => ctx.map(Some),
+        Outcome::Elapsed { .. } => Ok(None),
+    }
 }
 
 /// Unhealthy beats busy beats healthy; a device that could not run is unhealthy, and so is
@@ -236,39 +313,56 @@ fn peer_phase(
         .zip(retained)
         .map(|(d, c)| c.clone().map_or_else(|| Context::new(*d), Ok))
         .collect::<Result<Vec<_>>>()?;
-    let pairs = with
-        .iter()
-        .map(|l| {
-            let t0 = Instant::now();
-            let src = &ctxs[l.src as usize];
-            let dst = &ctxs[l.dst as usize];
-            let r = crate::steps::timed(l.dst, &format!("peer copy from GPU {}", l.src), || {
-                peer_copy(src, dst, opts.copy_bytes)
-            });
-            let (passed, detail, gbs, failure) = match r {
-                Ok(g) => (
-                    true,
-                    format!("{g:.0} GB/s, verified ({:?})", l.link).to_lowercase(),
-                    Some(g),
-                    None,
-                ),
-                Err(e) => {
-                    let c = health::outcome("peer_copy", t0, Err(e));
-                    (false, c.detail, None, c.failure)
-                }
-            };
-            PeerCopy {
-                src: l.src,
-                dst: l.dst,
-                link: *l,
-                passed,
-                detail,
-                copy_bytes: opts.copy_bytes,
-                gbs,
-                failure,
+    let mut pairs = Vec::new();
+    for l in &with {
+        let t0 = Instant::now();
+        let src = ctxs[l.src as usize].clone();
+        let dst = ctxs[l.dst as usize].clone();
+        let bytes = opts.copy_bytes;
+        let name = format!("gpu{} peer copy", l.dst);
+        let r = crate::steps::timed(l.dst, &format!("peer copy from GPU {}", l.src), || {
+            run_within(opts.deadline, name, move |_: &Progress<()>| {
+                peer_copy(&src, &dst, bytes)
+            })
+        });
+        let (r, stuck) = match r {
+            Ok(Outcome::Finished(r)) => (r, false),
+            Ok(Outcome::Elapsed { .. }) => (
+                Err(Error::Stuck {
+                    operation: "the peer copy",
+                    deadline: opts.deadline,
+                }),
+                true,
+            ),
+            Err(e) => (Err(e), false),
+        };
+        let (passed, detail, gbs, failure) = match r {
+            Ok(g) => (
+                true,
+                format!("{g:.0} GB/s, verified ({:?})", l.link).to_lowercase(),
+                Some(g),
+                None,
+            ),
+            Err(e) => {
+                let c = health::outcome("peer_copy", t0, Err(e));
+                (false, c.detail, None, c.failure)
             }
-        })
-        .collect();
+        };
+        pairs.push(PeerCopy {
+            src: l.src,
+            dst: l.dst,
+            link: *l,
+            passed,
+            detail,
+            copy_bytes: opts.copy_bytes,
+            gbs,
+            failure,
+        });
+        if stuck {
+            // The stuck copy keeps both contexts (it holds clones); nothing more is tried.
+            break;
+        }
+    }
     Ok(PeerTests {
         skipped: None,
         pairs,
@@ -376,5 +470,17 @@ mod tests {
             Verdict::Unhealthy
         );
         assert_eq!(combine(&[], &peers(vec![], true)), Verdict::Busy);
+        // A peer copy that never finished: unhealthy, and the run is stuck.
+        let stuck = peers(vec![pair(Some(Failure::Stuck))], false);
+        assert_eq!(combine(&[], &stuck), Verdict::Unhealthy);
+        let report = AllReport {
+            passed: false,
+            verdict: Verdict::Unhealthy,
+            devices: Vec::new(),
+            peers: stuck,
+            devices_elapsed_ms: 0.0,
+            peers_elapsed_ms: 0.0,
+        };
+        assert!(report.is_stuck());
     }
 }

@@ -204,6 +204,19 @@ pub enum Error {
         log: String,
     },
 
+    /// A GPU operation did not finish by its deadline: the GPU or its driver hangs. The
+    /// operation is left running (no driver call can be cancelled).
+    #[error(
+        "{operation} did not finish within the {} deadline: the GPU or its driver is stuck",
+        crate::deadline::human(*.deadline)
+    )]
+    Stuck {
+        /// What did not finish.
+        operation: &'static str,
+        /// The deadline it missed.
+        deadline: std::time::Duration,
+    },
+
     /// The device ordinal is not one of the `count` devices present.
     #[error("CUDA device {ordinal} does not exist ({count} present)")]
     InvalidDevice {

@@ -15,12 +15,12 @@
 //! result measured the sharing, not the GPU. [`run_exclusive`] takes the per-GPU lock of
 //! [`crate::sharing`] first, so two checks never measure each other.
 
-use std::time::Instant;
-
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::args::KernelArgs;
 use crate::context::Context;
+use crate::deadline::{run_within, Outcome, Progress};
 use crate::device::{driver_version, Device, DeviceInfo};
 use crate::error::{DriverCode, Error, Result};
 use crate::launch::LaunchConfig;
@@ -46,6 +46,10 @@ pub struct HealthOptions {
     pub min_bandwidth_fraction: f64,
     /// Elements of the vector addition.
     pub vec_add_elements: usize,
+    /// A check that has not finished by then is reported `stuck` (a GPU or driver that
+    /// hangs), instead of hanging its caller; the check itself is left running (no driver
+    /// call can be cancelled) and keeps the GPU's lock until it ends.
+    pub deadline: Duration,
 }
 
 impl Default for HealthOptions {
@@ -56,9 +60,14 @@ impl Default for HealthOptions {
             copy_iterations: 10,
             min_bandwidth_fraction: 0.6,
             vec_add_elements: 1 << 22,
+            deadline: DEFAULT_DEADLINE,
         }
     }
 }
+
+/// [`HealthOptions::deadline`] by default: a check takes well under a second on an H200, a
+/// few seconds on any GPU with the default options.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -76,7 +85,7 @@ pub struct CheckResult {
     pub failure: Option<Failure>,
 }
 
-/// Why a check failed: only `slow` and `out_of_memory` can be another process's doing.
+/// Why a check failed: all but `wrong` can be another process's doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Failure {
@@ -86,6 +95,8 @@ pub enum Failure {
     Slow,
     /// An allocation failed.
     OutOfMemory,
+    /// It did not finish by the deadline: the GPU or its driver hangs.
+    Stuck,
 }
 
 /// The health check's conclusion.
@@ -96,8 +107,8 @@ pub enum Verdict {
     Healthy,
     /// A check failed and nothing else explains it.
     Unhealthy,
-    /// The GPU is in use by someone else: locked by another check, or a slow /
-    /// out-of-memory result while other processes held the GPU.
+    /// The GPU is in use by someone else: locked by another check, or a slow,
+    /// out-of-memory or stuck result while other processes held the GPU.
     Busy,
 }
 
@@ -162,6 +173,17 @@ pub struct HealthReport {
     pub elapsed_ms: f64,
 }
 
+impl HealthReport {
+    /// A check did not finish by the deadline: the GPU or its driver hangs, and a thread of
+    /// this process is still inside the driver for it (leave the GPU alone; a process that
+    /// exits should skip the driver's exit-time teardown, which would wait for that thread).
+    pub fn is_stuck(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| c.failure == Some(Failure::Stuck))
+    }
+}
+
 /// Where the per-GPU locks live, where to look for other users, and whether to queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exclusive {
@@ -221,21 +243,23 @@ pub fn run_exclusive(ordinal: u32, opts: &HealthOptions, ex: &Exclusive) -> Resu
         }
         Err(e) => return Err(e),
     };
+    let lock_path = lock.lock_path().to_path_buf();
     let before = timed(ordinal, "other users", || {
-        sharing::other_users(&ex.proc_root, &info.pci_bdf, Some(lock.lock_path()))
+        sharing::other_users(&ex.proc_root, &info.pci_bdf, Some(&lock_path))
     });
-    let mut report = run_on(device, info, driver, opts, t)?;
+    // The lock goes with the check and comes back with its result: a stuck check keeps
+    // its GPU locked, so the next check queues (or is told busy) instead of hanging too.
+    let (report, lock) = run_on_within(device, &info, driver, opts, t, lock)?;
+    let mut report = report?;
     let mut users = before;
-    for u in sharing::other_users(
-        &ex.proc_root,
-        &report.device.pci_bdf,
-        Some(lock.lock_path()),
-    ) {
-        if !users.iter().any(|v| v.pid == u.pid) {
-            users.push(u);
+    if let Some(lock) = lock {
+        for u in sharing::other_users(&ex.proc_root, &info.pci_bdf, Some(&lock_path)) {
+            if !users.iter().any(|v| v.pid == u.pid) {
+                users.push(u);
+            }
         }
+        drop(lock);
     }
-    drop(lock);
     report.verdict = Verdict::of(&report.checks, !users.is_empty());
     if report.verdict == Verdict::Busy {
         report.busy = Some(format!(
@@ -299,7 +323,78 @@ pub fn run(ordinal: u32, opts: &HealthOptions) -> Result<HealthReport> {
     let t = Instant::now();
     let info = device.info()?;
     let driver = driver_version()?;
-    run_on(device, info, driver, opts, t)
+    run_on_within(device, &info, driver, opts, t, ())?.0
+}
+
+/// The report of a check that did not finish by `deadline`: the checks done, then the step
+/// it is stuck in as a failed check (`stuck`).
+pub(crate) fn stuck_report(
+    device: DeviceInfo,
+    driver: (u32, u32),
+    mut done: Vec<CheckResult>,
+    step: &'static str,
+    in_step: Duration,
+    deadline: Duration,
+    started: Instant,
+) -> HealthReport {
+    log::error!(
+        "GPU {}: the health check is stuck in {step} after {:.1} s; leaving it running",
+        device.ordinal,
+        started.elapsed().as_secs_f64()
+    );
+    done.push(CheckResult {
+        name: step,
+        passed: false,
+        detail: format!(
+            "did not finish within the {} deadline (in it for {:.3} s): the GPU or its driver \
+             is stuck; the check is left running and keeps the GPU's lock",
+            crate::deadline::human(deadline),
+            in_step.as_secs_f64()
+        ),
+        elapsed_ms: in_step.as_secs_f64() * 1e3,
+        failure: Some(Failure::Stuck),
+    });
+    HealthReport {
+        device,
+        driver_version: driver,
+        verdict: Verdict::of(&done, false),
+        passed: false,
+        checks: done,
+        tested_memory_bytes: 0,
+        bandwidth: None,
+        other_users: Vec::new(),
+        busy: None,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
+/// [`run_on`] on a thread of its own, waited for until the deadline; `keep` (the GPU's
+/// lock) goes with it and comes back when it finishes in time. Past the deadline: a report
+/// of the checks done so far plus the one in progress as `stuck`, and `None`.
+fn run_on_within<K: Send + 'static>(
+    device: Device,
+    info: &DeviceInfo,
+    driver: (u32, u32),
+    opts: &HealthOptions,
+    started: Instant,
+    keep: K,
+) -> Result<(Result<HealthReport>, Option<K>)> {
+    let (info2, opts2) = (info.clone(), opts.clone());
+    let work =
+        move |p: &Progress<CheckResult>| (run_on(device, info2, driver, &opts2, started, p), keep);
+    let name = format!("gpu{} check", device.ordinal());
+    Ok(match run_within(opts.deadline, name, work)? {
+        Outcome::Finished((report, keep)) => (report, Some(keep)),
+        Outcome::Elapsed {
+            step,
+            in_step,
+            done,
+        } => {
+            let info = info.clone();
+            let report = stuck_report(info, driver, done, step, in_step, opts.deadline, started);
+            (Ok(report), None)
+        }
+    })
 }
 
 fn run_on(
@@ -308,35 +403,47 @@ fn run_on(
     driver: (u32, u32),
     opts: &HealthOptions,
     started: Instant,
+    progress: &Progress<CheckResult>,
 ) -> Result<HealthReport> {
     let ordinal = device.ordinal();
+    // Each step and check is announced to `progress` before it starts and each result
+    // after it ends: what a stuck check's report is made of.
+    let mut checks = Vec::new();
+    let mut record = |c: CheckResult| {
+        progress.done(c.clone());
+        checks.push(c);
+    };
+    progress.step("context");
     let ctx = timed(ordinal, "context", || Context::new(device))?;
     let stream = timed(ordinal, "stream", || {
         Stream::new(&ctx, StreamOptions::default())
     })?;
 
-    let mut checks = Vec::new();
     let mut tested = 0u64;
     let mut bandwidth = None;
 
+    progress.step("ptx_load");
     let t = Instant::now();
     let kernels = timed(ordinal, "ptx_load", || Kernels::load(&ctx));
     let loaded = match &kernels {
         Ok(_) => Ok("health kernels loaded".to_string()),
         Err(e) => Err(fail("ptx_load", e.to_string())),
     };
-    checks.push(outcome("ptx_load", t, loaded));
+    record(outcome("ptx_load", t, loaded));
 
     if let Ok(k) = &kernels {
         let grid = info.sm_count.max(1) * 8;
+        progress.step("allocation");
         let mut mem = timed(ordinal, "allocate", || Allocations::new(&ctx, opts));
 
+        progress.step("vec_add");
         let t = Instant::now();
         let r = timed(ordinal, "vec_add", || {
             vec_add(&stream, k, &mut mem.vec_add, opts.vec_add_elements, grid)
         });
-        checks.push(outcome("vec_add", t, r));
+        record(outcome("vec_add", t, r));
 
+        progress.step("memory_pattern");
         let t = Instant::now();
         let r = timed(ordinal, "memory_pattern", || {
             memory_pattern(&stream, k, &mut mem, opts.memory_fraction, grid)
@@ -345,8 +452,9 @@ fn run_on(
             tested = bytes;
             detail
         });
-        checks.push(outcome("memory_pattern", t, r));
+        record(outcome("memory_pattern", t, r));
 
+        progress.step("d2d_copy");
         let t = Instant::now();
         let r = timed(ordinal, "d2d_copy", || {
             d2d_copy(&ctx, &stream, k, &mut mem, opts, &info, grid)
@@ -373,7 +481,8 @@ fn run_on(
                 _ => Ok(detail),
             }
         });
-        checks.push(outcome("d2d_copy", t, r));
+        record(outcome("d2d_copy", t, r));
+        progress.step("free");
         timed(ordinal, "free", || drop(mem));
     }
 
@@ -500,6 +609,7 @@ fn failure_of(e: &Error) -> Failure {
             operation: BANDWIDTH,
             ..
         } => Failure::Slow,
+        Error::Stuck { .. } => Failure::Stuck,
         _ => Failure::Wrong,
     }
 }
@@ -697,6 +807,12 @@ mod verdict_tests {
         let oom = [check("memory_pattern", Some(Failure::OutOfMemory))];
         assert_eq!(Verdict::of(&oom, true), Verdict::Busy);
         assert_eq!(Verdict::of(&oom, false), Verdict::Unhealthy);
+        let stuck = [
+            check("vec_add", None),
+            check("memory_pattern", Some(Failure::Stuck)),
+        ];
+        assert_eq!(Verdict::of(&stuck, true), Verdict::Busy);
+        assert_eq!(Verdict::of(&stuck, false), Verdict::Unhealthy);
     }
 
     #[test]
@@ -726,6 +842,12 @@ mod verdict_tests {
         assert_eq!(failure_of(&oom), Failure::OutOfMemory);
         let wrong = fail("memory_pattern", "3 words differ".into());
         assert_eq!(failure_of(&wrong), Failure::Wrong);
+        let stuck = Error::Stuck {
+            operation: "the peer copy",
+            deadline: DEFAULT_DEADLINE,
+        };
+        assert_eq!(failure_of(&stuck), Failure::Stuck);
+        assert!(stuck.to_string().contains("60 s deadline"), "{stuck}");
         assert_eq!(
             serde_json::to_value(Verdict::Busy).unwrap(),
             serde_json::json!("busy")

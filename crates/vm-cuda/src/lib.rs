@@ -33,6 +33,7 @@
 pub mod all_gpus;
 pub mod args;
 pub mod context;
+mod deadline;
 pub mod device;
 pub mod error;
 pub mod health;

@@ -243,3 +243,38 @@ fn check_all_covers_every_gpu_and_every_peer_pair() {
         );
     }
 }
+
+/// A check past its deadline is reported at once as stuck (the step it was in, after the
+/// checks it had done) instead of making its caller wait; the check goes on and keeps the
+/// GPU's lock until it ends, so the next check queues behind it instead of joining a stuck
+/// GPU. (A 1 ms deadline makes any check late; a really stuck GPU cannot be made on
+/// purpose.)
+#[test]
+fn a_check_past_its_deadline_is_stuck_and_keeps_the_lock() {
+    let Some(ctx) = common::gpu("a_check_past_its_deadline_is_stuck_and_keeps_the_lock") else {
+        return;
+    };
+    let dir = run_dir();
+    let bdf = ctx.device().pci_location().unwrap().to_string();
+    let ex = Exclusive {
+        run_dir: dir.clone(),
+        proc_root: "/proc".into(),
+        wait: Wait::Yes,
+    };
+    let opts = HealthOptions {
+        deadline: std::time::Duration::from_millis(1),
+        ..small()
+    };
+    let r = health::run_exclusive(common::ordinal(), &opts, &ex).expect("report");
+    assert!(r.is_stuck(), "{r:#?}");
+    assert!(!r.passed);
+    assert_ne!(r.verdict, Verdict::Healthy);
+    let last = r.checks.last().expect("the stuck step");
+    assert_eq!(last.failure, Some(health::Failure::Stuck), "{last:?}");
+    assert!(last.detail.contains("within the 1 ms deadline"), "{last:?}");
+    // Still running, still locked: a check that will not wait is told busy.
+    let probe = GpuLock::acquire(&dir, &bdf, Wait::No);
+    assert!(matches!(probe, Err(Error::Busy { .. })), "{probe:?}");
+    // Once the late check ends it lets go: queueing for the lock returns.
+    drop(GpuLock::acquire(&dir, &bdf, Wait::Yes).expect("the lock after the check ended"));
+}

@@ -112,6 +112,17 @@ pub struct CheckArgs {
     /// Fail when copy bandwidth (read + write) is below this share of the theoretical peak.
     #[arg(long, default_value_t = 0.6)]
     pub min_bandwidth: f64,
+    /// A GPU whose check (or peer copy) has not finished after this many seconds is
+    /// reported stuck, and the command ends instead of hanging with it.
+    #[arg(long, default_value_t = health::DEFAULT_DEADLINE.as_secs_f64(), value_parser = positive_seconds)]
+    pub deadline_s: f64,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in (0, 86400]")),
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -334,6 +345,7 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
         memory_fraction: a.memory_fraction,
         copy_bytes: a.copy_mib.saturating_mul(1 << 20),
         min_bandwidth_fraction: a.min_bandwidth,
+        deadline: std::time::Duration::from_secs_f64(a.deadline_s),
         ..HealthOptions::default()
     };
     let ex = Exclusive {
@@ -364,14 +376,34 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
         print_report(&report)?;
         outln!("result: {}", verdict_line(&report));
     }
+    exit_now_if_stuck(report.is_stuck(), report.verdict);
     Ok(exit_code(report.verdict))
 }
 
+/// Ends the process at once when a GPU is stuck: a check thread is still inside the
+/// driver, and the driver's teardown at exit would wait for it (the hang the deadline is
+/// there to prevent). The report is out by then; output is flushed first.
+fn exit_now_if_stuck(stuck: bool, verdict: Verdict) {
+    if !stuck {
+        return;
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process without running exit handlers or destructors, which
+    // is the point; nothing after it runs.
+    unsafe { libc::_exit(i32::from(code_of(verdict))) }
+}
+
 fn exit_code(v: Verdict) -> ExitCode {
+    ExitCode::from(code_of(v))
+}
+
+fn code_of(v: Verdict) -> u8 {
     match v {
-        Verdict::Healthy => ExitCode::SUCCESS,
-        Verdict::Unhealthy => ExitCode::FAILURE,
-        Verdict::Busy => ExitCode::from(EXIT_BUSY),
+        Verdict::Healthy => 0,
+        Verdict::Unhealthy => 1,
+        Verdict::Busy => EXIT_BUSY,
     }
 }
 
@@ -421,6 +453,7 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
             schema: "vm-accel.cuda-check-all/v2",
             report: &report,
         })?;
+        exit_now_if_stuck(report.is_stuck(), report.verdict);
         return Ok(exit_code(report.verdict));
     }
     for d in &report.devices {
@@ -466,6 +499,7 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
             Verdict::Busy => "BUSY (see the devices above)",
         }
     );
+    exit_now_if_stuck(report.is_stuck(), report.verdict);
     Ok(exit_code(report.verdict))
 }
 
