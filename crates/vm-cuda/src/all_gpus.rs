@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::args::KernelArgs;
 use crate::context::Context;
-use crate::deadline::{run_within, Outcome, Progress};
+use crate::deadline::{run_within, Late, Outcome, Progress};
 use crate::device::{driver_version, Device};
 use crate::error::{Error, Result};
 use crate::health::{self, Exclusive, Failure, HealthOptions, HealthReport, Kernels, Verdict};
@@ -119,15 +119,19 @@ pub fn run_all(opts: &HealthOptions, ex: &Exclusive) -> Result<AllReport> {
                     match retain(device, opts.deadline) {
                         Ok(Some(ctx)) => (health::run_exclusive(ordinal, opts, ex), Some(ctx)),
                         Ok(None) => {
+                            let late = Late {
+                                step: "context",
+                                in_step: t.elapsed(),
+                                done: Vec::new(),
+                            };
                             let stuck = device.info().and_then(|info| {
                                 Ok(health::stuck_report(
                                     info,
                                     driver_version()?,
-                                    Vec::new(),
-                                    "context",
-                                    t.elapsed(),
+                                    late,
                                     opts.deadline,
                                     t,
+                                    "the context start is left running",
                                 ))
                             });
                             (stuck, None)
@@ -225,7 +229,7 @@ fn retain(device: Device, deadline: Duration) -> Result<Option<Context>> {
     })?;
     match started {
         Outcome::Finished(ctx) => ctx.map(Some),
-        Outcome::Elapsed { .. } => Ok(None),
+        Outcome::Elapsed(_) => Ok(None),
     }
 }
 
@@ -327,7 +331,7 @@ fn peer_phase(
         });
         let (r, stuck) = match r {
             Ok(Outcome::Finished(r)) => (r, false),
-            Ok(Outcome::Elapsed { .. }) => (
+            Ok(Outcome::Elapsed(_)) => (
                 Err(Error::Stuck {
                     operation: "the peer copy",
                     deadline: opts.deadline,

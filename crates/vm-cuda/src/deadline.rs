@@ -75,12 +75,17 @@ impl<R: Clone> Progress<R> {
 pub(crate) enum Outcome<T, R> {
     /// It finished in time.
     Finished(T),
-    /// It did not: the step it was in, how long it had been in it, and its results so far.
-    Elapsed {
-        step: &'static str,
-        in_step: Duration,
-        done: Vec<R>,
-    },
+    /// It did not.
+    Elapsed(Late<R>),
+}
+
+/// Work that missed its deadline: the step it was in, how long it had been in it, and its
+/// results so far.
+#[derive(Debug)]
+pub(crate) struct Late<R> {
+    pub(crate) step: &'static str,
+    pub(crate) in_step: Duration,
+    pub(crate) done: Vec<R>,
 }
 
 /// Runs `work` on a thread named `name` and waits for it until `deadline`.
@@ -110,11 +115,11 @@ where
         Ok(t) => Ok(Outcome::Finished(t)),
         Err(RecvTimeoutError::Timeout) => {
             let s = progress.lock();
-            Ok(Outcome::Elapsed {
+            Ok(Outcome::Elapsed(Late {
                 step: s.step,
                 in_step: s.since.elapsed(),
                 done: s.done.clone(),
-            })
+            }))
         }
         Err(RecvTimeoutError::Disconnected) => Err(Error::InvalidArgument {
             operation: "health check",
@@ -155,14 +160,10 @@ mod tests {
         })
         .expect("run");
         match r {
-            Outcome::Elapsed {
-                step,
-                in_step,
-                done,
-            } => {
-                assert_eq!(step, "second");
-                assert!(in_step >= Duration::from_millis(40), "{in_step:?}");
-                assert_eq!(done, ["first passed"]);
+            Outcome::Elapsed(late) => {
+                assert_eq!(late.step, "second");
+                assert!(late.in_step >= Duration::from_millis(40), "{late:?}");
+                assert_eq!(late.done, ["first passed"]);
             }
             Outcome::Finished(()) => panic!("the work was stuck"),
         }

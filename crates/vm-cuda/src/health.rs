@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::args::KernelArgs;
 use crate::context::Context;
-use crate::deadline::{run_within, Outcome, Progress};
+use crate::deadline::{run_within, Late, Outcome, Progress};
 use crate::device::{driver_version, Device, DeviceInfo};
 use crate::error::{DriverCode, Error, Result};
 use crate::launch::LaunchConfig;
@@ -249,7 +249,8 @@ pub fn run_exclusive(ordinal: u32, opts: &HealthOptions, ex: &Exclusive) -> Resu
     });
     // The lock goes with the check and comes back with its result: a stuck check keeps
     // its GPU locked, so the next check queues (or is told busy) instead of hanging too.
-    let (report, lock) = run_on_within(device, &info, driver, opts, t, lock)?;
+    let left = "the check is left running and keeps the GPU's lock";
+    let (report, lock) = run_on_within(device, &info, driver, opts, t, lock, left)?;
     let mut report = report?;
     let mut users = before;
     if let Some(lock) = lock {
@@ -323,20 +324,33 @@ pub fn run(ordinal: u32, opts: &HealthOptions) -> Result<HealthReport> {
     let t = Instant::now();
     let info = device.info()?;
     let driver = driver_version()?;
-    run_on_within(device, &info, driver, opts, t, ())?.0
+    run_on_within(
+        device,
+        &info,
+        driver,
+        opts,
+        t,
+        (),
+        "the check is left running",
+    )?
+    .0
 }
 
 /// The report of a check that did not finish by `deadline`: the checks done, then the step
-/// it is stuck in as a failed check (`stuck`).
+/// it is stuck in as a failed check (`stuck`). `left` says what is left running.
 pub(crate) fn stuck_report(
     device: DeviceInfo,
     driver: (u32, u32),
-    mut done: Vec<CheckResult>,
-    step: &'static str,
-    in_step: Duration,
+    late: Late<CheckResult>,
     deadline: Duration,
     started: Instant,
+    left: &str,
 ) -> HealthReport {
+    let Late {
+        step,
+        in_step,
+        mut done,
+    } = late;
     log::error!(
         "GPU {}: the health check is stuck in {step} after {:.1} s; leaving it running",
         device.ordinal,
@@ -347,7 +361,7 @@ pub(crate) fn stuck_report(
         passed: false,
         detail: format!(
             "did not finish within the {} deadline (in it for {:.3} s): the GPU or its driver \
-             is stuck; the check is left running and keeps the GPU's lock",
+             is stuck; {left}",
             crate::deadline::human(deadline),
             in_step.as_secs_f64()
         ),
@@ -378,6 +392,7 @@ fn run_on_within<K: Send + 'static>(
     opts: &HealthOptions,
     started: Instant,
     keep: K,
+    left: &str,
 ) -> Result<(Result<HealthReport>, Option<K>)> {
     let (info2, opts2) = (info.clone(), opts.clone());
     let work =
@@ -385,13 +400,8 @@ fn run_on_within<K: Send + 'static>(
     let name = format!("gpu{} check", device.ordinal());
     Ok(match run_within(opts.deadline, name, work)? {
         Outcome::Finished((report, keep)) => (report, Some(keep)),
-        Outcome::Elapsed {
-            step,
-            in_step,
-            done,
-        } => {
-            let info = info.clone();
-            let report = stuck_report(info, driver, done, step, in_step, opts.deadline, started);
+        Outcome::Elapsed(late) => {
+            let report = stuck_report(info.clone(), driver, late, opts.deadline, started, left);
             (Ok(report), None)
         }
     })
