@@ -24,6 +24,19 @@ fn soft(index: IrqIndex, count: u32) -> Arc<SoftDevice> {
     Arc::new(dev)
 }
 
+/// A software device with `vectors` MSI-X vectors, and its interrupts on `routes`.
+fn msix_device(routes: &Arc<GsiRoutes>, vectors: u16) -> (Arc<SoftDevice>, Interrupts) {
+    let dev = soft(IrqIndex::Msix, u32::from(vectors));
+    let irq = Interrupts::new(
+        dev.clone(),
+        routes.clone(),
+        None,
+        Some(msix_layout(vectors)),
+    )
+    .expect("Interrupts");
+    (dev, irq)
+}
+
 #[test]
 fn types_can_move_between_threads() {
     fn shared<T: Send + Sync>() {}
@@ -37,9 +50,7 @@ fn msix_unmasked_vector_reaches_the_lapic() {
         return;
     };
     let routes = g.routes();
-    let dev = soft(IrqIndex::Msix, 4);
-    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(4)))
-        .expect("Interrupts");
+    let (dev, mut irq) = msix_device(&routes, 4);
     program(&mut irq, 0, 0x40, false);
     // Nothing is taken before MSI-X is enabled.
     assert_eq!(irq.stats(), InterruptStats::default());
@@ -85,9 +96,7 @@ fn msix_masked_vector_is_pending_and_delivered_on_unmask() {
         return;
     };
     let routes = g.routes();
-    let dev = soft(IrqIndex::Msix, 8);
-    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(8)))
-        .expect("Interrupts");
+    let (dev, mut irq) = msix_device(&routes, 8);
     program(&mut irq, 1, 0x41, false);
     program(&mut irq, 2, 0x42, false);
     msix_control(&mut irq, true, false);
@@ -135,9 +144,7 @@ fn msix_2048_vectors_take_gsis_only_when_unmasked() {
         return;
     };
     let routes = g.routes();
-    let dev = soft(IrqIndex::Msix, 2048);
-    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(2048)))
-        .expect("Interrupts");
+    let (dev, mut irq) = msix_device(&routes, 2048);
     msix_control(&mut irq, true, false);
     for i in 0..2048 {
         program(&mut irq, i, 0x50, true);
@@ -173,9 +180,7 @@ fn msix_route_follows_a_reprogrammed_entry() {
     let Some(g) = guest("msix_route_follows_a_reprogrammed_entry", true) else {
         return;
     };
-    let dev = soft(IrqIndex::Msix, 1);
-    let mut irq =
-        Interrupts::new(dev.clone(), g.routes(), None, Some(msix_layout(1))).expect("Interrupts");
+    let (dev, mut irq) = msix_device(&g.routes(), 1);
     program(&mut irq, 0, 0x60, false);
     msix_control(&mut irq, true, false);
     // The guest moves the vector (as Linux does for affinity): mask, new data, unmask.
@@ -398,9 +403,7 @@ fn errors_name_the_ioctl_and_change_nothing() {
     assert_eq!(routes.len(), 0, "refused route kept");
     routes.free(gsi);
 
-    let dev = soft(IrqIndex::Msix, 4);
-    let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(4)))
-        .expect("Interrupts");
+    let (_, mut irq) = msix_device(&routes, 4);
     msix_control(&mut irq, true, false);
     program(&mut irq, 0, 0x40, true);
     let e = irq
@@ -410,11 +413,7 @@ fn errors_name_the_ioctl_and_change_nothing() {
     assert_eq!(irq.stats().gsis, 0, "GSI of the refused route freed");
     assert_eq!(routes.allocate().expect("GSI"), 24);
 
-    let dev = Arc::new(
-        SoftDevice::new("soft-irq", vec![0; 256], &[])
-            .expect("SoftDevice")
-            .with_irqs(IrqIndex::Intx, 1),
-    );
+    let dev = soft(IrqIndex::Intx, 1);
     let mut irq = Interrupts::new(dev.clone(), routes, None, None).expect("Interrupts");
     let e = irq.enable_intx(10).expect_err("INTx without irqchip");
     assert!(e.to_string().contains("KVM_IRQFD"), "{e}");
@@ -476,9 +475,7 @@ proptest::proptest! {
             return Ok(());
         };
         let routes = g.routes();
-        let dev = soft(IrqIndex::Msix, 4);
-        let mut irq = Interrupts::new(dev.clone(), routes.clone(), None, Some(msix_layout(4)))
-            .expect("Interrupts");
+        let (_, mut irq) = msix_device(&routes, 4);
         for a in accesses {
             match a {
                 Access::TableRead(o, n) => irq.msix_table_read(o, &mut vec![0; n]),
