@@ -23,43 +23,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lab_common::{device_under_test, guest_memory, lab_edu_bdfs, report, sys};
+use lab_common::{
+    device_under_test, guest_memory, lab_edu_bdfs, report, run, sys, write, BackToVfio,
+};
 use vm_accel_tests::lab::{fd_count, map_count};
 use vm_pci::Bdf;
 use vm_vfio::access::{BackendChoice, Device};
 use vm_vfio::bind::DriverState;
 
-fn run(bin: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
-    let out = Command::new(bin).args(args).output().expect("run vm-accel");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code().unwrap_or(-1), json, stderr)
+/// `vm-accel restore` first (what a killed bind leaves recorded), then [`BackToVfio`].
+struct RestoreThenVfio {
+    /// Held for its drop, which runs after this one's.
+    _then: BackToVfio,
 }
 
-fn write(path: &str, value: &str) {
-    std::fs::write(path, value).unwrap_or_else(|e| panic!("echo {value:?} > {path}: {e}"));
-}
-
-/// Puts the device back on vfio-pci with override (the lab's state) when the test ends.
-struct BackToVfio(Bdf);
-impl Drop for BackToVfio {
+impl Drop for RestoreThenVfio {
     fn drop(&mut self) {
-        let b = self.0;
         let _ = Command::new(vm_accel_tests::lab::vm_accel_bin().unwrap_or_default())
             .arg("restore")
             .output();
-        let st = sys().driver_state(b).unwrap_or_default();
-        if st.driver.as_deref() == Some("vfio-pci") {
-            return;
-        }
-        if let Some(d) = st.driver {
-            let _ = std::fs::write(format!("/sys/bus/pci/drivers/{d}/unbind"), b.to_string());
-        }
-        let _ = std::fs::write(
-            format!("/sys/bus/pci/devices/{b}/driver_override"),
-            "vfio-pci",
-        );
-        let _ = std::fs::write("/sys/bus/pci/drivers_probe", b.to_string());
     }
 }
 
@@ -109,7 +91,9 @@ fn binds_killed_at_random_points_are_restored_exactly() {
     let Some((b, bin)) = target("binds_killed_at_random_points_are_restored_exactly") else {
         return;
     };
-    let _guard = BackToVfio(b);
+    let _guard = RestoreThenVfio {
+        _then: BackToVfio(b),
+    };
     let bdf = b.to_string();
     let originals = [
         DriverState::default(),
@@ -175,7 +159,9 @@ fn two_concurrent_binds_leave_the_group_consistent() {
     let Some((b, bin)) = target("two_concurrent_binds_leave_the_group_consistent") else {
         return;
     };
-    let _guard = BackToVfio(b);
+    let _guard = RestoreThenVfio {
+        _then: BackToVfio(b),
+    };
     let bdf = b.to_string();
     let rounds = env_count("VM_ACCEL_LAB_CONCURRENT_ROUNDS", 10);
     let (mut waited, mut refused) = (0, 0);

@@ -9,49 +9,20 @@
 mod lab_common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use lab_common::{device_under_test, lab_edu_bdfs, report, sys};
+use lab_common::{device_under_test, lab_edu_bdfs, report, sys, write, BackToVfio};
 use vm_pci::Bdf;
 use vm_vfio::access::{BackendChoice, Device};
 use vm_vfio::bind::DriverState;
 
+/// [`lab_common::run`], with the command and its output in the lab report.
 fn run(bin: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
-    let out = Command::new(bin).args(args).output().expect("run vm-accel");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    let (code, json, stderr) = lab_common::run(bin, args);
     report(&format!(
-        "$ vm-accel {} -> {:?}\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        stderr
+        "$ vm-accel {} -> {code}\n{json}\n{stderr}",
+        args.join(" ")
     ));
-    (out.status.code().unwrap_or(-1), json, stderr)
-}
-
-fn write(path: &str, value: &str) {
-    std::fs::write(path, value).unwrap_or_else(|e| panic!("echo {value:?} > {path}: {e}"));
-}
-
-/// Puts the device back on vfio-pci with override (the lab's state) when the test ends.
-struct BackToVfio(Bdf);
-impl Drop for BackToVfio {
-    fn drop(&mut self) {
-        let b = self.0;
-        let st = sys().driver_state(b).unwrap_or_default();
-        if st.driver.as_deref() == Some("vfio-pci") {
-            return;
-        }
-        if let Some(d) = st.driver {
-            let _ = std::fs::write(format!("/sys/bus/pci/drivers/{d}/unbind"), b.to_string());
-        }
-        let _ = std::fs::write(
-            format!("/sys/bus/pci/devices/{b}/driver_override"),
-            "vfio-pci",
-        );
-        let _ = std::fs::write("/sys/bus/pci/drivers_probe", b.to_string());
-    }
+    (code, json, stderr)
 }
 
 /// Takes `b` off vfio-pci to "no driver, no override": the state a fresh edu has.

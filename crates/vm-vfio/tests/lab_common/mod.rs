@@ -53,6 +53,44 @@ pub fn sys() -> Paths {
     Paths::new("/sys")
 }
 
+/// Runs the vm-accel binary `bin` with `args`: exit code, stdout as JSON (`Null` when it is
+/// not JSON), stderr.
+pub fn run(bin: &std::path::Path, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .expect("run vm-accel");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+/// `echo value > path`, or the test fails naming both.
+pub fn write(path: &str, value: &str) {
+    std::fs::write(path, value).unwrap_or_else(|e| panic!("echo {value:?} > {path}: {e}"));
+}
+
+/// Puts the device back on vfio-pci with override (the lab's state) when the test ends.
+pub struct BackToVfio(pub Bdf);
+
+impl Drop for BackToVfio {
+    fn drop(&mut self) {
+        let b = self.0;
+        let st = sys().driver_state(b).unwrap_or_default();
+        if st.driver.as_deref() == Some("vfio-pci") {
+            return;
+        }
+        if let Some(d) = st.driver {
+            let _ = std::fs::write(format!("/sys/bus/pci/drivers/{d}/unbind"), b.to_string());
+        }
+        let _ = std::fs::write(
+            format!("/sys/bus/pci/devices/{b}/driver_override"),
+            "vfio-pci",
+        );
+        let _ = std::fs::write("/sys/bus/pci/drivers_probe", b.to_string());
+    }
+}
+
 pub fn open(bdf: Bdf, choice: BackendChoice) -> Device {
     let start = Instant::now();
     let d = Device::open_new(&sys(), bdf, choice).unwrap_or_else(|e| panic!("open {bdf}: {e}"));
