@@ -113,9 +113,9 @@ pub struct HostUsage {
     open_files: Vec<OpenFile>,
     route_ifaces: BTreeSet<String>,
     addr_ifaces: BTreeSet<String>,
-    /// The addresses to name per interface: IPv6 from if_inet6; IPv4 (procfs lists no IPv4
-    /// address per interface) the host's local addresses (fib_trie) inside a subnet the
-    /// interface routes.
+    /// The addresses to name per interface: IPv6 from if_inet6; IPv4 from getifaddrs(3) on
+    /// the live host, and in a fixture (procfs lists no IPv4 address per interface) the
+    /// host's local addresses (fib_trie) inside a subnet the interface routes.
     addresses: BTreeMap<String, BTreeSet<String>>,
     fbcon_bound: bool,
     /// Processes whose descriptors could not be listed (not root, or they exited).
@@ -165,9 +165,15 @@ impl HostUsage {
                     .filter_map(|l| l.split_whitespace().next())
                     .map(str::to_string),
             );
-            let local = read_table(&p.join("net/fib_trie"))
-                .map(|f| local_ipv4(&f))
-                .unwrap_or_default();
+            // A fixture has only files: its IPv4 addresses are the local ones (fib_trie)
+            // inside a subnet an interface routes. The live host asks the kernel below.
+            let local = if proc.live {
+                BTreeSet::new()
+            } else {
+                read_table(&p.join("net/fib_trie"))
+                    .map(|f| local_ipv4(&f))
+                    .unwrap_or_default()
+            };
             for (iface, dest, mask) in ipv4_subnets(&t) {
                 for a in local.iter().filter(|a| u32::from(**a) & mask == dest) {
                     u.addresses
@@ -204,8 +210,8 @@ impl HostUsage {
             }
         }
         if proc.live {
-            // procfs lists IPv4 addresses by subnet route only: an address whose interface
-            // routes nothing (a /32, a deleted subnet route) is only in the kernel's list.
+            // The kernel's own list, which also has the addresses that route nothing (a
+            // /32, an address whose subnet route was deleted) and names each interface.
             for (iface, a) in live_ipv4_addresses() {
                 u.addr_ifaces.insert(iface.clone());
                 u.addresses.entry(iface).or_default().insert(a.to_string());
