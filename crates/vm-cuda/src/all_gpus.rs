@@ -109,7 +109,7 @@ pub fn run_all(opts: &HealthOptions, ex: &Exclusive) -> Result<AllReport> {
     // phase reuses it instead of starting it again. The driver starts contexts partly one at
     // a time (docs/benchmarks.md); starting them together still beats taking turns, which
     // was measured too.
-    let results: Vec<(DeviceOutcome, Option<Context>, bool)> = std::thread::scope(|s| {
+    let (outcomes, ctxs): (Vec<DeviceOutcome>, Vec<Option<Context>>) = std::thread::scope(|s| {
         let handles: Vec<_> = devices
             .iter()
             .map(|d| {
@@ -166,28 +166,28 @@ pub fn run_all(opts: &HealthOptions, ex: &Exclusive) -> Result<AllReport> {
                         error: Some(e.to_string()),
                     },
                 };
-                let stuck = outcome.report.as_ref().is_some_and(HealthReport::is_stuck);
-                (outcome, ctx, stuck)
+                (outcome, ctx)
             })
-            .collect()
+            .unzip()
     });
     let devices_elapsed_ms = t.elapsed().as_secs_f64() * 1e3;
 
     // A GPU whose check is stuck is not touched again: its retained context is left to the
     // stuck check (releasing it would wait for the stuck work), and no peer copy is tried.
-    let mut outcomes = Vec::new();
-    let mut ctxs = Vec::new();
     let mut stuck = Vec::new();
-    for (outcome, ctx, is_stuck) in results {
-        if is_stuck {
-            stuck.push(outcome.ordinal);
-            std::mem::forget(ctx);
-            ctxs.push(None);
-        } else {
-            ctxs.push(ctx);
-        }
-        outcomes.push(outcome);
-    }
+    let ctxs: Vec<Option<Context>> = ctxs
+        .into_iter()
+        .zip(&outcomes)
+        .map(|(ctx, o)| {
+            if o.report.as_ref().is_some_and(HealthReport::is_stuck) {
+                stuck.push(o.ordinal);
+                std::mem::forget(ctx);
+                None
+            } else {
+                ctx
+            }
+        })
+        .collect();
 
     let t = Instant::now();
     let peers = if stuck.is_empty() {

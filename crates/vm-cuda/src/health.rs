@@ -416,60 +416,47 @@ fn run_on(
     progress: &Progress<CheckResult>,
 ) -> Result<HealthReport> {
     let ordinal = device.ordinal();
-    // Each step and check is announced to `progress` before it starts and each result
-    // after it ends: what a stuck check's report is made of.
-    let mut checks = Vec::new();
-    let mut record = |c: CheckResult| {
-        progress.done(c.clone());
-        checks.push(c);
-    };
     progress.step("context");
     let ctx = timed(ordinal, "context", || Context::new(device))?;
     let stream = timed(ordinal, "stream", || {
         Stream::new(&ctx, StreamOptions::default())
     })?;
 
+    // Each check is announced to `progress` before it starts and its result after it ends:
+    // what a stuck check's report is made of.
+    let mut checks = Vec::new();
+    let mut check = |name: &'static str, f: &mut dyn FnMut() -> Result<String>| {
+        progress.step(name);
+        let t = Instant::now();
+        let c = outcome(name, t, timed(ordinal, name, f));
+        progress.done(c.clone());
+        checks.push(c);
+    };
     let mut tested = 0u64;
     let mut bandwidth = None;
 
-    progress.step("ptx_load");
-    let t = Instant::now();
-    let kernels = timed(ordinal, "ptx_load", || Kernels::load(&ctx));
-    let loaded = match &kernels {
-        Ok(_) => Ok("health kernels loaded".to_string()),
-        Err(e) => Err(fail("ptx_load", e.to_string())),
-    };
-    record(outcome("ptx_load", t, loaded));
+    let mut kernels = None;
+    check("ptx_load", &mut || {
+        let k = Kernels::load(&ctx).map_err(|e| fail("ptx_load", e.to_string()))?;
+        kernels = Some(k);
+        Ok("health kernels loaded".to_string())
+    });
 
-    if let Ok(k) = &kernels {
+    if let Some(k) = &kernels {
         let grid = info.sm_count.max(1) * 8;
         progress.step("allocation");
         let mut mem = timed(ordinal, "allocate", || Allocations::new(&ctx, opts));
 
-        progress.step("vec_add");
-        let t = Instant::now();
-        let r = timed(ordinal, "vec_add", || {
+        check("vec_add", &mut || {
             vec_add(&stream, k, &mut mem.vec_add, opts.vec_add_elements, grid)
         });
-        record(outcome("vec_add", t, r));
-
-        progress.step("memory_pattern");
-        let t = Instant::now();
-        let r = timed(ordinal, "memory_pattern", || {
-            memory_pattern(&stream, k, &mut mem, opts.memory_fraction, grid)
-        })
-        .map(|(bytes, detail)| {
+        check("memory_pattern", &mut || {
+            let (bytes, detail) = memory_pattern(&stream, k, &mut mem, opts.memory_fraction, grid)?;
             tested = bytes;
-            detail
+            Ok(detail)
         });
-        record(outcome("memory_pattern", t, r));
-
-        progress.step("d2d_copy");
-        let t = Instant::now();
-        let r = timed(ordinal, "d2d_copy", || {
-            d2d_copy(&ctx, &stream, k, &mut mem, opts, &info, grid)
-        })
-        .and_then(|bw| {
+        check("d2d_copy", &mut || {
+            let bw = d2d_copy(&ctx, &stream, k, &mut mem, opts, &info, grid)?;
             bandwidth = Some(bw);
             let detail = format!(
                 "{:.0} GB/s copied, {:.0} GB/s read+write{}",
@@ -491,7 +478,6 @@ fn run_on(
                 _ => Ok(detail),
             }
         });
-        record(outcome("d2d_copy", t, r));
         progress.step("free");
         timed(ordinal, "free", || drop(mem));
     }
