@@ -376,26 +376,22 @@ fn check(g: &Global, a: CheckArgs) -> CmdResult {
         print_report(&report)?;
         outln!("result: {}", verdict_line(&report));
     }
-    exit_now_if_stuck(report.is_stuck(), report.verdict);
-    Ok(exit_code(report.verdict))
+    Ok(exit_code(report.verdict, report.is_stuck()))
 }
 
-/// Ends the process at once when a GPU is stuck: a check thread is still inside the
-/// driver, and the driver's teardown at exit would wait for it (the hang the deadline is
-/// there to prevent). The report is out by then; output is flushed first.
-fn exit_now_if_stuck(stuck: bool, verdict: Verdict) {
-    if !stuck {
-        return;
+/// The exit code of `v`. When a GPU is `stuck` the process ends here, at once: a check
+/// thread is still inside the driver, and the driver's teardown at exit would wait for it
+/// (the hang the deadline is there to prevent). The report is out by then; output is
+/// flushed first.
+fn exit_code(v: Verdict, stuck: bool) -> ExitCode {
+    if stuck {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: _exit ends the process without running exit handlers or destructors,
+        // which is the point; nothing after it runs.
+        unsafe { libc::_exit(i32::from(code_of(v))) }
     }
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    // SAFETY: _exit ends the process without running exit handlers or destructors, which
-    // is the point; nothing after it runs.
-    unsafe { libc::_exit(i32::from(code_of(verdict))) }
-}
-
-fn exit_code(v: Verdict) -> ExitCode {
     ExitCode::from(code_of(v))
 }
 
@@ -453,8 +449,7 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
             schema: "vm-accel.cuda-check-all/v2",
             report: &report,
         })?;
-        exit_now_if_stuck(report.is_stuck(), report.verdict);
-        return Ok(exit_code(report.verdict));
+        return Ok(exit_code(report.verdict, report.is_stuck()));
     }
     for d in &report.devices {
         match (&d.report, &d.error) {
@@ -499,12 +494,12 @@ fn check_all(g: &Global, opts: &HealthOptions, ex: &Exclusive) -> CmdResult {
             Verdict::Busy => "BUSY (see the devices above)",
         }
     );
-    exit_now_if_stuck(report.is_stuck(), report.verdict);
-    Ok(exit_code(report.verdict))
+    Ok(exit_code(report.verdict, report.is_stuck()))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn device_is_an_ordinal_or_a_pci_address() {
@@ -526,7 +521,6 @@ mod tests {
         );
         assert!(driver_env_to_set(|n| n == "CUDA_DEVICE_MAX_CONNECTIONS").is_empty());
     }
-    use super::*;
 
     fn gpu_at(bdf: &str) -> DeviceInfo {
         DeviceInfo {
