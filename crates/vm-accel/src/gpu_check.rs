@@ -10,13 +10,18 @@ pub use vm_cuda::health::{Exclusive, HealthOptions, HealthReport};
 
 use crate::Error;
 
+/// The PCI function of a CUDA device: CUDA reports domain, bus and device, and a GPU is
+/// function 0.
+pub fn bdf_of(p: &vm_cuda::PciLocation) -> Option<Bdf> {
+    Bdf::new(p.domain, p.bus, p.device, 0)
+}
+
 /// The CUDA ordinal of the GPU at `bdf` (matched by PCI domain, bus and device; CUDA
 /// numbers GPUs in its own order, not in PCI order).
 pub fn cuda_ordinal(bdf: Bdf) -> Result<u32, Error> {
     for d in vm_cuda::Device::all()? {
-        let info = d.info()?;
-        if Bdf::new(info.pci.domain, info.pci.bus, info.pci.device, 0) == Some(bdf) {
-            return Ok(info.ordinal);
+        if bdf_of(&d.pci_location()?) == Some(bdf) {
+            return Ok(d.ordinal());
         }
     }
     Err(Error::NotFound(format!(

@@ -20,7 +20,7 @@ pub use vm_vfio;
 
 use serde::Serialize;
 use vm_cuda::DeviceInfo as CudaInfo;
-use vm_pci::{Bdf, Inventory, PciDevice, SysfsRoot};
+use vm_pci::{Inventory, PciDevice, SysfsRoot};
 
 /// Errors of the facade: whichever layer failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ pub fn join_cuda(inventory: &Inventory, cuda: Vec<CudaInfo>) -> Discovery {
         .collect();
     let mut unmatched_cuda = Vec::new();
     for info in cuda {
-        let bdf = Bdf::new(info.pci.domain, info.pci.bus, info.pci.device, 0);
+        let bdf = gpu_check::bdf_of(&info.pci);
         match accelerators.iter_mut().find(|a| Some(a.pci.bdf) == bdf) {
             Some(a) => a.cuda = Some(info),
             None => unmatched_cuda.push(info),

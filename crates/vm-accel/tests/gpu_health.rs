@@ -18,8 +18,8 @@ fn gpu0(test: &str) -> Option<Bdf> {
         }
         Err(e) => panic!("{test}: CUDA device 0: {e}"),
     };
-    let p = d.info().expect("device info").pci;
-    Some(Bdf::new(p.domain, p.bus, p.device, 0).expect("a GPU's PCI address"))
+    let p = d.pci_location().expect("PCI location");
+    Some(gpu_check::bdf_of(&p).expect("a GPU's PCI address"))
 }
 
 fn ex(dir: &tempfile::TempDir, wait: Wait) -> Exclusive {
