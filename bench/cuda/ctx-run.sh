@@ -1,13 +1,14 @@
 #!/bin/bash
 # Context start on every GPU: each kind of driver context, one device after the other vs
 # all at once, and the primary context under the driver's environment settings that size
-# what a context sets up. The C probe is built here with gcc (GPU machine).
-#   bench/cuda/ctx-run.sh OUT [ROUNDS] [rust ctx_probe binary]
+# what a context sets up; then a 35 GiB alloc/write/free per GPU, one after the other, from
+# two threads and from two processes (one GPU each), with the default work queues and one.
+# The C probe is built here with gcc (GPU machine).
+#   bench/cuda/ctx-run.sh OUT [ROUNDS]
 # Reads the GPUs' state only; changes no setting (the variables apply to this process).
 set -u
 OUT=$1
 R=${2:-3}
-RP=${3:-}
 mkdir -p "$OUT"
 here=$(cd "$(dirname "$0")" && pwd)
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/usr/local/nvidia/lib64}
@@ -23,5 +24,18 @@ for i in $(seq "$R"); do
   for v in CUDA_DEVICE_MAX_CONNECTIONS=1 CUDA_DEVICE_MAX_COPY_CONNECTIONS=1 CUDA_MODULE_LOADING=EAGER CUDA_SCALE_LAUNCH_QUEUES=0.25x "CUDA_DEVICE_MAX_CONNECTIONS=1 CUDA_DEVICE_MAX_COPY_CONNECTIONS=1"; do
     echo "-- $v"; env $v "$P" seq primary | grep -v cuInit; env $v "$P" par primary | grep all
   done
-  if [ -n "$RP" ]; then echo "-- rust: one context started and released 3 times"; "$RP" again 3 | grep PROBE; fi
+done
+for i in $(seq "$R"); do
+  for conn in 8 1; do
+    echo "== round $i, 35 GiB, CUDA_DEVICE_MAX_CONNECTIONS=$conn"
+    export CUDA_DEVICE_MAX_CONNECTIONS=$conn
+    "$P" seq primary 35 | grep -v cuInit
+    "$P" par primary 35 | grep -v cuInit
+    echo "-- two processes, one GPU each"
+    CUDA_VISIBLE_DEVICES=0 "$P" seq primary 35 > "$OUT/p0" &
+    CUDA_VISIBLE_DEVICES=1 "$P" seq primary 35 > "$OUT/p1" &
+    wait
+    sed 's/^/p0 /' "$OUT/p0" | grep gpu; sed 's/^/p1 /' "$OUT/p1" | grep gpu
+  done
+  unset CUDA_DEVICE_MAX_CONNECTIONS
 done
