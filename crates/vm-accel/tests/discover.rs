@@ -1,6 +1,8 @@
 //! The facade's discovery on the workspace's captured hosts (an integration test: the
 //! fixtures live outside the published crate).
 
+mod fake_gpu;
+
 use vm_accel::{discover, join_cuda, vm_cuda, vm_pci};
 use vm_cuda::DeviceInfo as CudaInfo;
 use vm_pci::{Inventory, SysfsRoot};
@@ -24,35 +26,7 @@ fn without_cuda_the_pci_accelerators_remain_and_the_reason_is_given() {
 }
 
 fn cuda_info(ordinal: u32, bus: u8, device: u8) -> CudaInfo {
-    CudaInfo {
-        ordinal,
-        name: "NVIDIA H200".into(),
-        uuid: None,
-        pci: vm_cuda::PciLocation {
-            domain: 0,
-            bus,
-            device,
-        },
-        pci_bdf: format!("0000:{bus:02x}:{device:02x}.0"),
-        total_memory_bytes: 141 << 30,
-        compute_capability: (9, 0),
-        sm_count: 132,
-        clock_khz: 1_980_000,
-        memory_clock_khz: 3_201_000,
-        memory_bus_width_bits: 6144,
-        peak_memory_bandwidth_bytes_per_s: None,
-        l2_cache_bytes: 50 << 20,
-        async_engine_count: 3,
-        ecc_enabled: true,
-        limits: vm_cuda::Limits {
-            max_threads_per_block: 1024,
-            max_block_dim: [1024, 1024, 64],
-            max_grid_dim: [i32::MAX as u32, 65535, 65535],
-            max_shared_per_block: 48 << 10,
-            max_shared_per_block_optin: 227 << 10,
-            warp_size: 32,
-        },
-    }
+    fake_gpu::h200(ordinal, bus, device)
 }
 
 #[test]

@@ -4,6 +4,8 @@
 // Test helpers: a panic with the reason is how a test reports failure.
 #![allow(clippy::unwrap_used)]
 
+mod fake_gpu;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -126,36 +128,13 @@ fn all_documents() -> Vec<(String, Value)> {
     docs
 }
 
-/// A CUDA device as the driver would describe it (none here: built without CUDA, no GPU).
+/// A CUDA device as the driver would describe it (none here: built without CUDA, no GPU),
+/// with every optional field present so the schema sees its type.
 fn cuda_device() -> vm_cuda::DeviceInfo {
     vm_cuda::DeviceInfo {
-        ordinal: 0,
-        name: "NVIDIA H200".into(),
         uuid: Some("GPU-8f6c2a1e-0000-0000-0000-000000000000".into()),
-        pci: vm_cuda::PciLocation {
-            domain: 0,
-            bus: 0x41,
-            device: 0,
-        },
-        pci_bdf: "0000:41:00.0".into(),
-        total_memory_bytes: 141 << 30,
-        compute_capability: (9, 0),
-        sm_count: 132,
-        clock_khz: 1_980_000,
-        memory_clock_khz: 3_201_000,
-        memory_bus_width_bits: 6144,
         peak_memory_bandwidth_bytes_per_s: Some(4.9e12),
-        l2_cache_bytes: 50 << 20,
-        async_engine_count: 3,
-        ecc_enabled: true,
-        limits: vm_cuda::Limits {
-            max_threads_per_block: 1024,
-            max_block_dim: [1024, 1024, 64],
-            max_grid_dim: [i32::MAX as u32, 65535, 65535],
-            max_shared_per_block: 48 << 10,
-            max_shared_per_block_optin: 227 << 10,
-            warp_size: 32,
-        },
+        ..fake_gpu::h200(0, 0x41, 0)
     }
 }
 
